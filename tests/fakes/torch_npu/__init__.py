@@ -1,0 +1,111 @@
+"""Emulator of the torch_npu surface cosmos_hal uses, in plain PyTorch on the CPU.
+
+A test double for missing hardware, never imported by the package. It follows Ascend's
+documented semantics (see docs/npu.md and the op schemas in the real wheel's
+``_op_plugin_docs.py``), so the npu backend's real code runs here:
+
+* ``torch.npu``: is_available, device_count, set_device, current_device, synchronize,
+  manual_seed(_all), get_rng_state/set_rng_state (one generator per emulated device),
+  get_device_name, memory counters, matmul/conv ``allow_hf32`` switches.
+* Like the real package it renames torch's PrivateUse1 backend to ``npu`` so
+  ``torch.device("npu", i)`` is valid; tensors are not placed there (no device memory), the
+  emulated ops take CPU tensors.
+
+``FAKE_NPU_DEVICE_COUNT`` (default 8) sets how many devices it reports.
+"""
+
+from __future__ import annotations
+
+import os
+import types
+
+import torch
+
+__version__ = "2.14.0+emulated"
+EMULATED = True
+
+_count = int(os.environ.get("FAKE_NPU_DEVICE_COUNT", "8"))
+_current = 0
+_generators: dict[int, torch.Generator] = {}
+
+
+def _gen(device) -> torch.Generator:
+    idx = _index(device)
+    if idx not in _generators:
+        _generators[idx] = torch.Generator().manual_seed(0)
+    return _generators[idx]
+
+
+def _index(device) -> int:
+    if device is None or device == "npu":
+        return _current
+    if isinstance(device, int):
+        idx = device
+    else:
+        idx = torch.device(device).index
+        idx = _current if idx is None else idx
+    if not 0 <= idx < _count:
+        raise RuntimeError(f"emulated NPU: invalid device index {idx} (device count {_count})")
+    return idx
+
+
+npu = types.ModuleType("torch_npu.npu")
+
+
+def _is_available() -> bool:
+    return _count > 0
+
+
+def _set_device(device) -> None:
+    global _current
+    _current = _index(device)
+
+
+def _manual_seed(seed: int) -> None:
+    _gen(None).manual_seed(int(seed))
+
+
+def _manual_seed_all(seed: int) -> None:
+    for i in range(_count):
+        _gen(i).manual_seed(int(seed))
+
+
+def _get_rng_state(device="npu") -> torch.Tensor:
+    return _gen(device).get_state()
+
+
+def _set_rng_state(new_state: torch.Tensor, device="npu") -> None:
+    _gen(device).set_state(new_state)
+
+
+_peak = {"allocated": 0}
+
+npu.is_available = _is_available
+npu.device_count = lambda: _count
+npu.set_device = _set_device
+npu.current_device = lambda: _current
+npu.synchronize = lambda device=None: None
+npu.manual_seed = _manual_seed
+npu.manual_seed_all = _manual_seed_all
+npu.get_rng_state = _get_rng_state
+npu.set_rng_state = _set_rng_state
+npu.get_device_name = lambda device=None: "Ascend910B1 (emulated)"
+npu.memory_allocated = lambda device=None: 0
+npu.max_memory_allocated = lambda device=None: _peak["allocated"]
+npu.memory_reserved = lambda device=None: 0
+npu.reset_peak_memory_stats = lambda device=None: _peak.update(allocated=0)
+npu.matmul = types.SimpleNamespace(allow_hf32=True)
+npu.conv = types.SimpleNamespace(allow_hf32=True)
+npu.default_generator_for = _gen  # emulator-only: lets tests draw from a device's stream
+
+
+def _register() -> None:
+    if torch._C._get_privateuse1_backend_name() != "npu":
+        torch.utils.rename_privateuse1_backend("npu")
+    if not hasattr(torch, "npu"):
+        torch._register_device_module("npu", npu)
+    else:  # a second import after a test removed us from sys.modules
+        torch.npu = npu
+
+
+_register()

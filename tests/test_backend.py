@@ -1,0 +1,121 @@
+"""Backend selection: auto-detection order, overrides, and errors that say what was found."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+import cosmos_hal.backend as backend_mod
+from cosmos_hal.backend import BackendUnavailableError, select
+from conftest import HAS_CUDA
+
+
+def test_auto_detection_picks_cpu_without_accelerators():
+    if HAS_CUDA:
+        pytest.skip("this machine has a GPU")
+    chosen, why = select()
+    assert chosen.name == "cpu"
+    assert "auto-detected" in why and "npu: torch_npu is not installed" in why
+
+
+def test_env_var_pins_backend(monkeypatch):
+    monkeypatch.setenv("COSMOS_HAL_BACKEND", "cpu")
+    chosen, why = select()
+    assert chosen.name == "cpu" and "COSMOS_HAL_BACKEND=cpu" in why
+
+
+def test_flag_beats_env_var(monkeypatch, npu_emulator):
+    monkeypatch.setenv("COSMOS_HAL_BACKEND", "npu")
+    chosen, why = select("cpu")
+    assert chosen.name == "cpu" and "--backend" in why
+
+
+def test_missing_backend_error_says_what_was_found(monkeypatch):
+    monkeypatch.setenv("COSMOS_HAL_BACKEND", "npu")
+    with pytest.raises(BackendUnavailableError) as err:
+        select()
+    msg = str(err.value)
+    assert "torch_npu is not installed" in msg
+    assert "Found instead" in msg and "cpu: available" in msg
+    assert "COSMOS_HAL_BACKEND" in msg
+
+
+def test_unknown_backend_name_lists_choices():
+    with pytest.raises(BackendUnavailableError, match="cpu, cuda|npu, cuda, cpu"):
+        select("tpu")
+
+
+def test_emulated_npu_is_detected_first(npu_emulator):
+    chosen, why = select()
+    assert chosen.name == "npu"
+    assert chosen.dist_backend == "hccl"
+    assert chosen.device(3) == torch.device("npu", 3)
+
+
+def test_npu_wins_over_cuda_lookalike_and_cuda_is_not_fooled(npu_emulator):
+    """transfer_to_npu makes torch.cuda.is_available() say True; neither probe may trust it."""
+    from torch_npu.contrib import transfer_to_npu
+
+    try:
+        assert torch.cuda.is_available()  # the lie we must not believe
+        cuda = backend_mod.get_backend("cuda").probe()
+        assert not cuda.available
+        assert select()[0].name == "npu"
+    finally:
+        transfer_to_npu.undo()
+        del sys.modules["torch_npu.contrib.transfer_to_npu"]
+
+
+def test_npu_backend_binds_device_and_seeds_each_device(npu_emulator):
+    be = backend_mod.get_backend("npu")
+    be.set_device(5)
+    assert npu_emulator.npu.current_device() == 5
+    be.manual_seed(123)
+    a = torch.randn(4, generator=npu_emulator.npu.default_generator_for(0))
+    be.manual_seed(123)
+    b = torch.randn(4, generator=npu_emulator.npu.default_generator_for(7))
+    assert torch.equal(a, b)
+
+
+def test_npu_rng_state_round_trips(npu_emulator):
+    be = backend_mod.get_backend("npu")
+    be.manual_seed(7)
+    state = be.rng_state()
+    first = torch.randn(8, generator=npu_emulator.npu.default_generator_for(2))
+    be.set_rng_state(state)
+    again = torch.randn(8, generator=npu_emulator.npu.default_generator_for(2))
+    assert torch.equal(first, again)
+
+
+def test_npu_deterministic_mode_turns_off_hf32(npu_emulator):
+    be = backend_mod.get_backend("npu")
+    try:
+        be.set_deterministic(True)
+        assert torch.npu.matmul.allow_hf32 is False and torch.npu.conv.allow_hf32 is False
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        be.set_deterministic(False)
+
+
+def test_launch_env_per_backend():
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(nproc_per_node=8, nnodes=2, hccl_if_ip="10.0.0.7", parity=True)
+    npu = backend_mod.get_backend("npu").launch_env(args)
+    assert npu["HCCL_IF_IP"] == "10.0.0.7" and int(npu["HCCL_CONNECT_TIMEOUT"]) >= 120
+    assert npu["HCCL_DETERMINISTIC"] == "true" and npu["CLOSE_MATMUL_K_SHIFT"] == "1"
+    assert npu["TASK_QUEUE_ENABLE"] == "1" and "expandable_segments" in npu["PYTORCH_NPU_ALLOC_CONF"]
+    cuda = backend_mod.get_backend("cuda").launch_env(args)
+    assert cuda["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    single = backend_mod.get_backend("npu").launch_env(SimpleNamespace(nnodes=1, parity=False))
+    assert "HCCL_CONNECT_TIMEOUT" not in single and "HCCL_DETERMINISTIC" not in single
+
+
+@pytest.mark.cuda
+def test_cuda_backend_on_a_gpu():
+    chosen, _ = select()
+    assert chosen.name == "cuda" and chosen.dist_backend == "nccl"
+    assert chosen.device_count() >= 1 and chosen.device_names()[0]
+    assert "cuda" in chosen.versions()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Make the current Python able to run cosmos-hal: torch + torchvision, then the package
+# itself (editable) with its test extras. Sourced by train.sh and tools/test.sh; does
+# nothing when everything already imports.
+#   PYTHON               the interpreter to use (default: python3)
+#   COSMOS_HAL_TORCH     pip spec for torch when it is missing
+#                        (default: torch==2.14.1 torchvision==0.29.1, the CPU/CUDA 13 pair)
+#   COSMOS_HAL_EXTRAS    extras to install with the package (default: test)
+_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+if ! "$PYTHON" -c "import torch, torchvision" >/dev/null 2>&1; then
+    echo "[setup] torch/torchvision not importable by $PYTHON: installing ${COSMOS_HAL_TORCH:-torch==2.14.1 torchvision==0.29.1}" >&2
+    # shellcheck disable=SC2086
+    "$PYTHON" -m pip install -q ${COSMOS_HAL_TORCH:-torch==2.14.1 torchvision==0.29.1} 2>&1 | grep -v "is ignored" >&2
+fi
+if ! "$PYTHON" -c "import cosmos_hal.backends, diffusers, peft, pytest" >/dev/null 2>&1; then
+    echo "[setup] installing cosmos-hal (editable) from $_root" >&2
+    "$PYTHON" -m pip install -q -e "$_root[${COSMOS_HAL_EXTRAS:-test}]" 2>&1 | grep -v "is ignored" >&2
+fi
+"$PYTHON" -c "import cosmos_hal.backends, torchvision" || { echo "[setup] cosmos-hal is still not importable; see the messages above" >&2; return 1 2>/dev/null || exit 1; }
