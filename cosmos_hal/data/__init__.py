@@ -1,0 +1,1 @@
+"""Datasets (NVIDIA, GR1 and image layouts), video decoding, samplers, caches, synthetic data."""

@@ -1,0 +1,1 @@
+"""Inference: Video2World and Text2Image generation on the HAL."""

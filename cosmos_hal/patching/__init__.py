@@ -1,0 +1,1 @@
+"""Patch engine for NVIDIA cosmos-predict2: structural (AST-anchored), transactional edits."""

@@ -1,0 +1,1 @@
+"""Training: experiments registry, losses, EMA, trainer loop, checkpoints, LoRA/DoRA, parallelism."""
