@@ -1,0 +1,414 @@
+"""Experiments: dataclass configs in a registry, selected by name, changed by ``key=value``.
+
+Why dataclasses: every knob has one typed home, ``key=value`` overrides are checked against
+the field's type, and an unknown key or experiment fails with the list of valid ones.
+Upstream's (NVIDIA cosmos-predict2 1.0.9, configs/base/experiment/cosmos_nemo_assets*.py)
+hyper-parameters are copied here as values, with the file they came from named.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+
+def power_ema_gamma(rate: float = 0.10) -> float:
+    """Upstream's EMA exponent from its "rate" s: the largest real root of
+    x^3 + 7x^2 + (16 - s^-2)x + (12 - s^-2) (Karras et al. 2024); 6.9372 for s = 0.1."""
+    roots = np.roots([1.0, 7.0, 16.0 - rate**-2, 12.0 - rate**-2])
+    return float(roots.real.max())
+
+
+@dataclass
+class OptimConfig:
+    """AdamW (upstream: fused AdamW, betas (0.9, 0.99), eps 1e-8, grad clip 1.0)."""
+
+    lr: float = 2**-14.5
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.99)
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+
+
+@dataclass
+class ScheduleConfig:
+    """Upstream's LambdaLinearScheduler: lr = optim.lr * f(n); f rises linearly from f_start
+    to f_max over warmup_steps, then falls linearly to f_min at cycle_length (0: max_iter)."""
+
+    warmup_steps: int = 0
+    f_start: float = 1e-6
+    f_max: float = 1.0
+    f_min: float = 0.0
+    cycle_length: int = 0
+
+
+@dataclass
+class LossConfig:
+    """Training objective. ``recipe`` is "predict2" (rectified-flow x0 loss of cosmos-predict2
+    1.0.9) or "predict2.5" (diffusers' Predict2.5 LoRA recipe: velocity target, shift 5)."""
+
+    recipe: str = "predict2"
+    loss_scale: float = 10.0
+    high_sigma_ratio: float = 0.05
+    adjust_video_noise: bool = True
+    min_cond_frames: int = 1
+    max_cond_frames: int = 2
+    sigma_conditional: float = 1e-4
+    text_dropout: float = 0.2
+    shift: float = 5.0
+    cond_timestep: float = 1e-4
+
+
+@dataclass
+class EMAConfig:
+    """Power EMA of the weights, kept in fp32 (upstream PowerEMAConfig: rate 0.1)."""
+
+    enabled: bool = True
+    gamma: float = field(default_factory=power_ema_gamma)
+    iteration_shift: int = 0
+
+
+@dataclass
+class LoraConfig:
+    """Adapters through peft. kind: none | lora | dora."""
+
+    kind: str = "none"
+    rank: int = 16
+    alpha: int = 16
+    target_modules: str = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
+
+
+@dataclass
+class DataConfig:
+    """Where samples come from. synthetic=True builds a small dataset under the output
+    directory on first use (the tiny experiments)."""
+
+    layout: str = "auto"
+    num_frames: int = 93
+    height: int = 704
+    width: int = 1280
+    num_workers: int = 2
+    skip_bad_samples: bool = True
+    latent_cache: bool = False
+    synthetic: bool = False
+    synthetic_videos: int = 8
+    fps: int = 16
+
+
+@dataclass
+class Experiment:
+    name: str = ""
+    task: str = "video2world"  # video2world | text2image
+    preset: str = "tiny"
+    model_path: str = ""  # diffusers directory or NVIDIA .pt; empty: random weights
+    vae_path: str = ""  # diffusers AutoencoderKLWan directory; empty: the preset's VAE, random
+    dataset_path: str = ""
+    output_dir: str = ""  # empty: output/<name>
+    seed: int = 0
+    max_iter: int = 1000
+    save_iter: int = 500
+    logging_iter: int = 10
+    keep_last: int = 2
+    batch_size: int = 1  # per process
+    grad_accum: int = 1
+    precision: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
+    parallelism: str = "fsdp"  # fsdp | ddp (ignored on one process)
+    activation_checkpointing: bool = True
+    compile: bool = False
+    parity: bool = False  # deterministic algorithms + fixed data order
+    resume: bool = True
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+    def resolved_output_dir(self) -> str:
+        return self.output_dir or f"output/{self.name}"
+
+    def cycle_length(self) -> int:
+        return self.schedule.cycle_length or self.max_iter
+
+
+class ExperimentError(ValueError):
+    """A bad experiment name or override; the message lists what is valid."""
+
+
+EXPERIMENTS: dict[str, Callable[[], Experiment]] = {}
+DEFAULT_EXPERIMENT = "tiny_video2world_synthetic"
+
+
+def register(fn: Callable[[], Experiment]) -> Callable[[], Experiment]:
+    """Register a factory under its function name (which is the experiment's name)."""
+    EXPERIMENTS[fn.__name__] = fn
+    return fn
+
+
+def names() -> list[str]:
+    return sorted(EXPERIMENTS)
+
+
+def get(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
+    """The experiment called ``name`` with ``key=value`` overrides applied."""
+    if name not in EXPERIMENTS:
+        raise ExperimentError(f"unknown experiment {name!r}; known experiments:\n  " + "\n  ".join(names()))
+    exp = EXPERIMENTS[name]()
+    exp.name = name
+    return apply_overrides(exp, overrides)
+
+
+# -- overrides ------------------------------------------------------------------------------
+
+
+def valid_keys(obj: Any, prefix: str = "") -> list[str]:
+    out = []
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += valid_keys(value, prefix + f.name + ".")
+        else:
+            out.append(f"{prefix}{f.name} ({_type_name(hints[f.name])})")
+    return out
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _parse(key: str, text: str, tp) -> Any:
+    origin = typing.get_origin(tp)
+    try:
+        if tp is bool:
+            low = text.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError("expected true/false")
+        if tp is int:
+            return int(text)
+        if tp is float:
+            return float(_eval_number(text))
+        if tp is str:
+            return text
+        if origin is tuple:
+            parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+            args = typing.get_args(tp)
+            if len(parts) != len(args):
+                raise ValueError(f"expected {len(args)} comma-separated values")
+            return tuple(_parse(key, part.strip(), a) for part, a in zip(parts, args))
+        if origin in (typing.Union, types.UnionType):
+            for a in typing.get_args(tp):
+                if a is type(None):
+                    if text.lower() in ("none", "null", ""):
+                        return None
+                    continue
+                return _parse(key, text, a)
+    except ValueError as exc:
+        raise ExperimentError(f"override {key}={text!r}: cannot read it as {_type_name(tp)} ({exc})") from None
+    raise ExperimentError(f"override {key}: unsupported field type {tp}")
+
+
+def _eval_number(text: str) -> float:
+    """Floats, plus the power-of-two forms upstream writes (``2**-14.5``)."""
+    text = text.strip()
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if "**" in text:
+        base, exp = text.split("**", 1)
+        return float(base) ** float(exp)
+    raise ValueError("expected a number")
+
+
+def apply_overrides(exp: Experiment, overrides) -> Experiment:
+    exp = copy.deepcopy(exp)
+    for item in overrides:
+        if "=" not in item:
+            raise ExperimentError(f"override {item!r} is not key=value; valid keys:\n  " + "\n  ".join(valid_keys(exp)))
+        key, text = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        target: Any = exp
+        parts = key.split(".")
+        for part in parts[:-1]:
+            sub = getattr(target, part, None)
+            if not dataclasses.is_dataclass(sub):
+                target = None
+                break
+            target = sub
+        if target is None or parts[-1] not in {f.name for f in dataclasses.fields(target)} or \
+                dataclasses.is_dataclass(getattr(target, parts[-1])):
+            raise ExperimentError(f"unknown key {key!r}; valid keys:\n  " + "\n  ".join(valid_keys(exp)))
+        tp = typing.get_type_hints(type(target))[parts[-1]]
+        setattr(target, parts[-1], _parse(key, text, tp))
+    validate(exp)
+    return exp
+
+
+_CHOICES = {
+    "task": ("video2world", "text2image"),
+    "precision": ("bf16", "fp32"),
+    "parallelism": ("fsdp", "ddp"),
+}
+
+
+def validate(exp: Experiment) -> None:
+    for key, choices in _CHOICES.items():
+        if getattr(exp, key) not in choices:
+            raise ExperimentError(f"{key}={getattr(exp, key)!r}: choose one of {', '.join(choices)}")
+    if exp.loss.recipe not in ("predict2", "predict2.5"):
+        raise ExperimentError(f"loss.recipe={exp.loss.recipe!r}: choose predict2 or predict2.5")
+    if exp.lora.kind not in ("none", "lora", "dora"):
+        raise ExperimentError(f"lora.kind={exp.lora.kind!r}: choose none, lora or dora")
+    for key in ("max_iter", "batch_size", "grad_accum", "logging_iter", "save_iter"):
+        if getattr(exp, key) < 1:
+            raise ExperimentError(f"{key}={getattr(exp, key)} must be at least 1")
+    if not 1 <= exp.loss.min_cond_frames <= exp.loss.max_cond_frames:
+        raise ExperimentError("need 1 <= loss.min_cond_frames <= loss.max_cond_frames")
+
+
+# -- upstream experiments ---------------------------------------------------------------------
+# cosmos_predict2 1.0.9 configs/base/experiment/cosmos_nemo_assets.py: lambdalinear scheduler
+# with warm_up_steps [0], cycle_lengths [1000], f_min 0 and f_max as below; fused AdamW
+# (defaults/optimizer.py: wd 0.1, betas (0.9, 0.99), eps 1e-8); EMA on; FSDP; batch 1.
+
+
+def _nemo_video(preset: str, f_max: float, weight_decay: float) -> Experiment:
+    return Experiment(
+        task="video2world", preset=preset, max_iter=1000, save_iter=500, logging_iter=10,
+        optim=OptimConfig(lr=2**-14.5, weight_decay=weight_decay),
+        schedule=ScheduleConfig(warmup_steps=0, f_max=f_max, f_min=0.0, cycle_length=1000),
+        data=DataConfig(num_frames=93, height=704, width=1280, layout="nemo"),
+    )
+
+
+def _nemo_image(preset: str, lr: float, f_max: float, weight_decay: float) -> Experiment:
+    return Experiment(
+        task="text2image", preset=preset, max_iter=1000, save_iter=500, logging_iter=10,
+        optim=OptimConfig(lr=lr, weight_decay=weight_decay),
+        schedule=ScheduleConfig(warmup_steps=0, f_max=f_max, f_min=0.0, cycle_length=1000),
+        loss=LossConfig(high_sigma_ratio=0.0),
+        data=DataConfig(num_frames=1, height=768, width=1360, layout="image"),
+    )
+
+
+@register
+def predict2_video2world_training_2b_cosmos_nemo_assets() -> Experiment:
+    return _nemo_video("predict2-2b", f_max=0.6, weight_decay=0.1)
+
+
+@register
+def predict2_video2world_training_14b_cosmos_nemo_assets() -> Experiment:
+    return _nemo_video("predict2-14b", f_max=0.25, weight_decay=0.2)
+
+
+@register
+def predict2_text2image_training_2b_cosmos_nemo_assets() -> Experiment:
+    return _nemo_image("predict2-t2i-2b", lr=2**-15, f_max=0.17, weight_decay=0.1)
+
+
+@register
+def predict2_text2image_training_14b_cosmos_nemo_assets() -> Experiment:
+    return _nemo_image("predict2-t2i-14b", lr=2**-14.5, f_max=0.4, weight_decay=0.2)
+
+
+# cosmos_nemo_assets_lora.py: rank/alpha 16 (2B) and 32 (14B), save every 200 iterations.
+@register
+def predict2_video2world_lora_training_2b_cosmos_nemo_assets() -> Experiment:
+    exp = _nemo_video("predict2-2b", f_max=0.6, weight_decay=0.1)
+    exp.save_iter = 200
+    exp.lora = LoraConfig(kind="lora", rank=16, alpha=16)
+    return exp
+
+
+@register
+def predict2_video2world_lora_training_14b_cosmos_nemo_assets() -> Experiment:
+    exp = _nemo_video("predict2-14b", f_max=0.25, weight_decay=0.2)
+    exp.save_iter = 200
+    exp.lora = LoraConfig(kind="lora", rank=32, alpha=32)
+    return exp
+
+
+# Predict2.5 GR1 post-training, diffusers examples/cosmos/train_cosmos_predict25_lora.py:
+# velocity loss with shift 5, AdamW lr 2^-14.5 wd 1e-3, linear warm-up f_min 0.2 f_max 0.5.
+def _gr1(kind: str, rank: int) -> Experiment:
+    return Experiment(
+        task="video2world", preset="predict2.5-2b", max_iter=1000, save_iter=500, logging_iter=10,
+        parallelism="ddp",
+        optim=OptimConfig(lr=2**-14.5, weight_decay=1e-3),
+        schedule=ScheduleConfig(warmup_steps=100, f_start=0.2, f_max=0.5, f_min=0.2, cycle_length=1000),
+        loss=LossConfig(recipe="predict2.5", loss_scale=1.0),
+        lora=LoraConfig(kind=kind, rank=rank, alpha=rank),
+        ema=EMAConfig(enabled=False),
+        data=DataConfig(num_frames=93, height=432, width=768, layout="gr1"),
+    )
+
+
+@register
+def predict25_video2world_lora_rank8_gr1() -> Experiment:
+    return _gr1("lora", 8)
+
+
+@register
+def predict25_video2world_lora_rank32_gr1() -> Experiment:
+    return _gr1("lora", 32)
+
+
+@register
+def predict25_video2world_dora_rank8_gr1() -> Experiment:
+    return _gr1("dora", 8)
+
+
+@register
+def predict25_video2world_dora_rank32_gr1() -> Experiment:
+    return _gr1("dora", 32)
+
+
+# -- tiny experiments: the CPU default ----------------------------------------------------------
+
+
+def _tiny(task: str) -> Experiment:
+    video = task == "video2world"
+    return Experiment(
+        task=task, preset="tiny", max_iter=60, save_iter=30, logging_iter=5, keep_last=2,
+        batch_size=2, precision="fp32", parallelism="ddp", activation_checkpointing=False,
+        optim=OptimConfig(lr=2e-3, weight_decay=0.1),
+        schedule=ScheduleConfig(warmup_steps=5, f_start=0.1, f_max=1.0, f_min=0.1),
+        loss=LossConfig(high_sigma_ratio=0.05 if video else 0.0, text_dropout=0.2),
+        data=DataConfig(num_frames=9 if video else 1, height=32, width=32, layout="nemo" if video else "image",
+                        num_workers=0, synthetic=True, synthetic_videos=8, latent_cache=False),
+    )
+
+
+@register
+def tiny_video2world_synthetic() -> Experiment:
+    return _tiny("video2world")
+
+
+@register
+def tiny_text2image_synthetic() -> Experiment:
+    return _tiny("text2image")
+
+
+def describe(exp: Experiment) -> str:
+    """One line for the log: the settings people ask about first."""
+    lr = exp.optim.lr
+    lr_txt = f"2^{math.log2(lr):.2f}" if lr > 0 else "0"
+    return (f"{exp.name}: task={exp.task} preset={exp.preset} frames={exp.data.num_frames} "
+            f"{exp.data.height}x{exp.data.width} batch={exp.batch_size}x{exp.grad_accum} lr={lr:.3g} ({lr_txt}) "
+            f"wd={exp.optim.weight_decay} recipe={exp.loss.recipe} lora={exp.lora.kind} "
+            f"precision={exp.precision} parallelism={exp.parallelism} ac={exp.activation_checkpointing}")
