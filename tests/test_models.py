@@ -98,7 +98,7 @@ def test_tiny_trains_a_step_fast_on_cpu(name):
         opt.zero_grad()
         times.append(time.perf_counter() - t0)
     assert out.shape == x.shape and torch.isfinite(out).all()
-    assert min(times) < 0.5, times
+    assert min(times) < 1.5, times  # ~0.02 s on an idle 2-core CPU; slack for a busy CI host
 
 
 def test_build_in_bf16_and_meta_dtype():

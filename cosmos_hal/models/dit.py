@@ -89,7 +89,7 @@ def build_transformer(
         load_transformer_weights(model, weights, ema=ema, dtype=dtype, device=device)
     elif not meta:
         _init.materialize_(model, seed=init_seed, method=init, device=device, dtype=dtype)
-    else:
+    elif dtype != torch.float32:
         model.to(dtype=dtype)
     if install_hal_processor:
         install_hal_attention(model)

@@ -87,4 +87,6 @@ def materialize_(
             else:
                 values = torch.empty(p.shape).uniform_(-bound, bound, generator=gen)
             p.copy_(values)
-    return module.to(dtype=dtype)
+    if dtype != torch.float32:
+        module.to(dtype=dtype)
+    return module
