@@ -468,7 +468,8 @@ def jsonable(obj: Any) -> Any:
 
 
 def format_report(report: dict[str, Any], per_step: bool = False) -> str:
-    """The human-readable report: summary, windows, worst steps, criteria, verdict."""
+    """The human-readable report: summary, windows, steps (all up to 100, else the worst 10 unless
+    ``per_step``), criteria, verdict."""
     a, b = report["a"], report["b"]
     out = [
         f"A                 : {a['source']}  [{a['format']}, {a['steps']} steps, {a['first']}..{a['last']}"
@@ -496,7 +497,7 @@ def format_report(report: dict[str, Any], per_step: bool = False) -> str:
         out.append(f"{w['first']:>7}..{w['last']:<6} {w['mean_a']:>12.6g} {w['mean_b']:>12.6g} {w['rel']:>10.3e}"
                    + ("" if w["ok"] else "  over"))
     rows = report["steps"]
-    if not per_step and len(rows) > 12:
+    if not per_step and len(rows) > 100:
         worst = sorted(rows, key=lambda r: -r["rel"] if not math.isnan(r["rel"]) else -math.inf)[:10]
         rows = sorted(worst, key=lambda r: r["iteration"])
         out += ["", "worst 10 steps (--per-step prints all):"]

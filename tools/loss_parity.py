@@ -62,12 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to write the plot (default: next to A, or output/parity/EXP/ with --run)")
     p.add_argument("--no-plot", action="store_true", help="write no plot")
     p.add_argument("--json", action="store_true", help="print the report as JSON (nothing else on stdout)")
-    p.add_argument("--per-step", action="store_true", help="print every shared step, not only the worst 10")
+    p.add_argument("--per-step", action="store_true", help="print every shared step even beyond 100 (default: the worst 10 then)")
     g = p.add_argument_group("running an experiment on several backends")
     g.add_argument("--run", metavar="EXP", default=None, help="experiment name to run on each backend")
     g.add_argument("--backends", default=None,
                    help="comma-separated backends, first is A, second the reference B (e.g. cpu,cuda; "
-                        "default: cpu and this machine's detected backend)")
+                        "default: this machine's detected backend against the cpu)")
     g.add_argument("--steps", type=int, default=100, help="max_iter of each run (default 100)")
     g.add_argument("--parity", action="store_true", help="pass parity=true (deterministic parity mode)")
     g.add_argument("--env", action="append", default=[], metavar="[BACKEND:]KEY=VALUE",
@@ -86,7 +86,7 @@ def _default_backends() -> list[str]:
     if here == "cpu":
         raise parity.ParityInputError("only the cpu backend is available here; name two with --backends "
                                       "(e.g. --backends cpu,cpu for a run-to-run check)")
-    return ["cpu", here]
+    return [here, "cpu"]  # the CPU is the reference
 
 
 def main(argv: list[str] | None = None) -> int:
