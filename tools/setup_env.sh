@@ -8,13 +8,27 @@
 #   COSMOS_HAL_EXTRAS    extras to install with the package (default: test)
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
+
+_cosmos_hal_pip() {  # pip install, quiet; on failure show its output (minus index noise)
+    local log rc
+    log="$(mktemp)"
+    "$PYTHON" -m pip install -q "$@" >"$log" 2>&1
+    rc=$?
+    if [ $rc -ne 0 ]; then
+        grep -v "is ignored: it is neither" "$log" >&2 || true
+        echo "[setup] pip install $* failed (exit $rc)" >&2
+    fi
+    rm -f "$log"
+    return $rc
+}
+
 if ! "$PYTHON" -c "import torch, torchvision" >/dev/null 2>&1; then
     echo "[setup] torch/torchvision not importable by $PYTHON: installing ${COSMOS_HAL_TORCH:-torch==2.14.1 torchvision==0.29.1}" >&2
     # shellcheck disable=SC2086
-    "$PYTHON" -m pip install -q ${COSMOS_HAL_TORCH:-torch==2.14.1 torchvision==0.29.1} 2>&1 | grep -v "is ignored" >&2
+    _cosmos_hal_pip ${COSMOS_HAL_TORCH:-torch==2.14.1 torchvision==0.29.1} || { return 1 2>/dev/null || exit 1; }
 fi
 if ! "$PYTHON" -c "import cosmos_hal.backends, diffusers, peft, pytest" >/dev/null 2>&1; then
     echo "[setup] installing cosmos-hal (editable) from $_root" >&2
-    "$PYTHON" -m pip install -q -e "$_root[${COSMOS_HAL_EXTRAS:-test}]" 2>&1 | grep -v "is ignored" >&2
+    _cosmos_hal_pip -e "$_root[${COSMOS_HAL_EXTRAS:-test}]" || { return 1 2>/dev/null || exit 1; }
 fi
 "$PYTHON" -c "import cosmos_hal.backends, torchvision" || { echo "[setup] cosmos-hal is still not importable; see the messages above" >&2; return 1 2>/dev/null || exit 1; }
