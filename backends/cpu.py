@@ -37,3 +37,10 @@ class CpuBackend(Backend):
 
 
 BACKEND_CLASS = CpuBackend
+
+
+# The portable torch kernels (sdpa/math attention, torch rms_norm/rope, torch AdamW) serve
+# every backend; they register themselves when their front-end modules are imported, and
+# the registry imports this module, so importing them here makes them known to it.
+import cosmos_hal.attention  # noqa: E402,F401
+import cosmos_hal.ops  # noqa: E402,F401

@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from cosmos_hal import ops, registry
+from cosmos_hal.attention import AttentionCall, from_bsnd, requires, to_bsnd
 from cosmos_hal.backend import Backend, Probe
 
 
@@ -119,3 +121,141 @@ class NpuBackend(Backend):
 
 
 BACKEND_CLASS = NpuBackend
+
+
+# -- kernels ---------------------------------------------------------------------------------
+# torch_npu ops, called as ``torch_npu.<op>(...)`` on a local named torch_npu so that
+# tests/test_npu_contract.py can check every call against the real wheel's signatures.
+# Each adapts cosmos_hal's meaning (SDPA masks, 1/sqrt(d) scale, (S, D) rope tables) to
+# the op's documented one; tests run them under tests/fakes/torch_npu.
+
+_NPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _torch_npu_has(attr: str):
+    def probe() -> bool:
+        if importlib.util.find_spec("torch_npu") is None:
+            return False
+        obj = import_torch_npu()
+        for part in attr.split("."):
+            obj = getattr(obj, part, None)
+        return callable(obj)
+
+    return probe
+
+
+def _fusion_attention_fits(call: AttentionCall) -> str | None:
+    if call.q.dtype not in _NPU_DTYPES:
+        return f"dtype {call.q.dtype}; npu_fusion_attention takes float16/bfloat16/float32"
+    if call.q.shape[-1] > 768:
+        return f"head dim {call.q.shape[-1]} > 768"
+    if call.heads[0] > 256:
+        return f"{call.heads[0]} query heads > 256"
+    return None
+
+
+def npu_atten_mask(mask: torch.Tensor, b: int, n: int, sq: int, sk: int) -> torch.Tensor:
+    """SDPA bool mask (True = attend, broadcastable 4-D) -> the op's atten_mask: True =
+    masked out, materialised as 11SS, B1SS or BNSS (the op does not broadcast)."""
+    dropped = ~mask
+    mb, mn = mask.shape[0], mask.shape[1]
+    if mn == 1:
+        shape = (1, 1, sq, sk) if mb == 1 else (b, 1, sq, sk)
+    else:
+        shape = (b, n, sq, sk)
+    return dropped.expand(shape).contiguous()
+
+
+def npu_pse(mask: torch.Tensor, b: int, n: int, sq: int, sk: int, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    """SDPA additive mask -> the op's ``pse``. The op computes scale * (pse + q k^T), so the
+    bias is divided by ``scale``; shapes BN1Skv, 1NSS or BNSS (no broadcasting)."""
+    msq = mask.shape[2]
+    if msq == 1:
+        shape = (b, n, 1, sk)
+    elif mask.shape[0] == 1:
+        shape = (1, n, sq, sk)
+    else:
+        shape = (b, n, sq, sk)
+    bias = mask.to(torch.promote_types(mask.dtype, torch.float32)) / scale
+    return bias.to(dtype).expand(shape).contiguous()
+
+
+@requires(_fusion_attention_fits)
+@registry.register("attention", "npu_fusion", ranks={"npu": 0}, probe=_torch_npu_has("npu_fusion_attention"))
+def npu_fusion_attention(call: AttentionCall) -> torch.Tensor:
+    """torch_npu.npu_fusion_attention (FlashAttentionScore), BSND, masks converted."""
+    torch_npu = import_torch_npu()
+    q, k, v = (to_bsnd(t, call.layout).contiguous() for t in (call.q, call.k, call.v))
+    b, sq, n, _ = q.shape
+    sk = k.shape[1]
+    atten_mask = pse = None
+    if call.mask is not None and call.mask.dtype == torch.bool:
+        atten_mask = npu_atten_mask(call.mask, b, n, sq, sk)
+    elif call.mask is not None:
+        pse = npu_pse(call.mask, b, n, sq, sk, q.dtype, call.scale)
+    out = torch_npu.npu_fusion_attention(
+        q, k, v, n, "BSND", pse=pse, atten_mask=atten_mask, scale=call.scale,
+        keep_prob=1.0 - call.dropout_p,
+    )[0]
+    return from_bsnd(out, call.layout)
+
+
+def _rms_norm_fits(x, weight, eps) -> str | None:
+    if x.dtype not in _NPU_DTYPES:
+        return f"dtype {x.dtype}; npu_rms_norm takes float16/bfloat16/float32"
+    if not 2 <= x.dim() <= 8:
+        return f"x has {x.dim()} dims; npu_rms_norm takes 2 to 8"
+    return None
+
+
+@ops.requires(_rms_norm_fits)
+@registry.register("rms_norm", "npu_rms_norm", ranks={"npu": 0}, probe=_torch_npu_has("npu_rms_norm"))
+def npu_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """torch_npu.npu_rms_norm; gamma in x's dtype (the op requires it), rstd discarded."""
+    torch_npu = import_torch_npu()
+    if weight is None:
+        gamma = torch.ones(x.shape[-1], dtype=x.dtype, device=x.device)
+    else:
+        gamma = weight.to(x.dtype)
+    y, _rstd = torch_npu.npu_rms_norm(x, gamma, epsilon=eps)
+    return y
+
+
+def _rotary_fits(x, cos, sin, layout) -> str | None:
+    if x.dtype not in _NPU_DTYPES:
+        return f"dtype {x.dtype}; npu_rotary_mul takes float16/bfloat16/float32"
+    b, n = x.shape[0], (x.shape[2] if layout == "BSND" else x.shape[1])
+    d = x.shape[-1]
+    if d % 2 or d >= 896:
+        return f"head dim {d}; npu_rotary_mul needs an even one below 896"
+    if b >= 1000 or n >= 1000:
+        return f"batch {b} / heads {n}; npu_rotary_mul needs both below 1000"
+    if (cos.requires_grad or sin.requires_grad) and b * n > 1024:
+        return "gradients for cos/sin need batch*heads <= 1024 on npu_rotary_mul"
+    return None
+
+
+@ops.requires(_rotary_fits)
+@registry.register("rope", "npu_rotary_mul", ranks={"npu": 0}, probe=_torch_npu_has("npu_rotary_mul"))
+def npu_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:
+    """torch_npu.npu_rotary_mul in 'half' mode; cos/sin as 1S1D (BSND) or 11SD (BNSD)."""
+    torch_npu = import_torch_npu()
+    shape = ops.rope_table_shape(x, layout)
+    r1 = cos.float().reshape(shape).to(x.dtype)
+    r2 = sin.float().reshape(shape).to(x.dtype)
+    return torch_npu.npu_rotary_mul(x, r1, r2, rotary_mode="half")
+
+
+def _fused_adamw_fits(params) -> str | None:
+    bad = ops.param_dtypes(params) - {torch.float32, torch.float16}
+    if bad:
+        return f"parameter dtypes {sorted(map(str, bad))}; NpuFusedAdamW takes float32/float16 only"
+    return None
+
+
+@ops.requires(_fused_adamw_fits)
+@registry.register("adamw", "npu_fused_adamw", ranks={"npu": 0}, probe=_torch_npu_has("optim.NpuFusedAdamW"))
+def npu_fused_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Optimizer:
+    """torch_npu.optim.NpuFusedAdamW (params must stay where they are after construction)."""
+    torch_npu = import_torch_npu()
+    return torch_npu.optim.NpuFusedAdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)

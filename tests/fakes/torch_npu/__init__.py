@@ -7,6 +7,8 @@ documented semantics (see docs/npu.md and the op schemas in the real wheel's
 * ``torch.npu``: is_available, device_count, set_device, current_device, synchronize,
   manual_seed(_all), get_rng_state/set_rng_state (one generator per emulated device),
   get_device_name, memory counters, matmul/conv ``allow_hf32`` switches.
+* Kernels (``_ops.py``): npu_fusion_attention, npu_rms_norm, npu_rotary_mul, and
+  ``torch_npu.optim.NpuFusedAdamW``, per Ascend's documented semantics and restrictions.
 * Like the real package it renames torch's PrivateUse1 backend to ``npu`` so
   ``torch.device("npu", i)`` is valid; tensors are not placed there (no device memory), the
   emulated ops take CPU tensors.
@@ -109,3 +111,6 @@ def _register() -> None:
 
 
 _register()
+
+from torch_npu._ops import CALLS, npu_fusion_attention, npu_rms_norm, npu_rotary_mul  # noqa: E402
+from torch_npu import optim  # noqa: E402  (the real package imports it too)

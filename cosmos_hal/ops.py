@@ -1,0 +1,172 @@
+"""RMSNorm, rotary embedding and fused AdamW front ends, one meaning on every backend.
+
+Each front end dispatches through ``cosmos_hal.registry`` to the current backend's
+preferred implementation (``COSMOS_HAL_RMS_NORM``, ``COSMOS_HAL_ROPE``, ``COSMOS_HAL_ADAMW``
+pin one). The portable torch implementations are registered here; vendor ones (apex,
+torch_npu) in ``backends/``. What every implementation computes:
+
+* ``rms_norm(x, weight, eps)``: y = x / sqrt(mean(x^2) + eps) * weight over the last dim.
+  The weight is first cast to x's dtype (the NPU kernel requires it, so every backend
+  does it for identical results); the arithmetic is float32 and the result is rounded to
+  x's dtype once.
+* ``apply_rope(x, cos, sin, layout)``: rotate-half (non-interleaved) rotary embedding,
+  out = x*cos + rotate_half(x)*sin, rotate_half(x) = cat(-x2, x1) over the halves of the
+  last dim; cos/sin are (S, D) with each frequency repeated in both halves (diffusers'
+  Cosmos RoPE, applied there by ``apply_rotary_emb(use_real_unbind_dim=-2)``).
+* ``fused_adamw(params, lr, betas, eps, weight_decay)``: AdamW with decoupled weight
+  decay (p <- p * (1 - lr*wd), then the bias-corrected Adam step, eps added to the
+  bias-corrected sqrt(v)), i.e. torch.optim.AdamW's meaning everywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+from cosmos_hal import registry
+
+LAYOUTS = ("BSND", "BNSD")
+
+
+def requires(check: Callable[..., str | None]):
+    """Attach ``check(*args) -> None | reason`` to a kernel; the front end skips a kernel
+    whose check gives a reason (and a pinned one raises with it)."""
+
+    def wrap(fn):
+        fn.supports = check
+        return fn
+
+    return wrap
+
+
+def _dispatch(op: str, *args) -> registry.Kernel:
+    """The kernel for ``op`` on the current backend that accepts ``args``."""
+    pinned = os.environ.get(registry.env_var(op), "").strip()
+    if pinned:
+        kernel, _ = registry.choose(op, _backend_name())
+        reason = _reason(kernel, args)
+        if reason:
+            raise registry.KernelUnavailableError(
+                f"{registry.env_var(op)}={pinned}: {op} kernel cannot run this call: {reason}")
+        return kernel
+    backend = _backend_name()
+    reasons = []
+    for name in registry.available(op, backend):
+        kernel = registry.get(op, name)
+        reason = _reason(kernel, args)
+        if reason is None:
+            return kernel
+        reasons.append(f"{name}: {reason}")
+    raise registry.KernelUnavailableError(f"no {op} kernel on {backend} accepts this call: "
+                                          + ("; ".join(reasons) or "none registered"))
+
+
+def _reason(kernel: registry.Kernel, args) -> str | None:
+    check = getattr(kernel.fn, "supports", None)
+    return check(*args) if check else None
+
+
+def _backend_name() -> str:
+    from cosmos_hal.backend import current
+
+    return current().name
+
+
+# -- RMSNorm -------------------------------------------------------------------------------
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1e-6) -> torch.Tensor:
+    """RMS-normalise the last dim of ``x`` (times ``weight`` if given); output in x's dtype."""
+    if weight is not None and weight.shape != x.shape[-1:]:
+        raise ValueError(f"rms_norm: weight shape {tuple(weight.shape)} must be ({x.shape[-1]},), "
+                         f"the last dim of x {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"rms_norm: x has dtype {x.dtype}; a floating dtype is needed")
+    return _dispatch("rms_norm", x, weight, eps).fn(x, weight, eps)
+
+
+@registry.register("rms_norm", "torch", ranks={"cuda": 1, "cpu": 0, "npu": 1})
+def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """torch F.rms_norm computed in float32, rounded once."""
+    w = None if weight is None else weight.to(x.dtype).float()
+    return F.rms_norm(x.float(), x.shape[-1:], w, eps).to(x.dtype)
+
+
+# -- RoPE ----------------------------------------------------------------------------------
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, layout: str = "BSND") -> torch.Tensor:
+    """Rotate-half rotary embedding of ``x`` (4-D, ``layout``) with cos/sin of shape (S, D)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"apply_rope(layout={layout!r}): use one of {', '.join(LAYOUTS)}")
+    if x.dim() != 4:
+        raise ValueError(f"apply_rope: x must be 4-D in layout {layout}, got {tuple(x.shape)}")
+    seq = x.shape[1] if layout == "BSND" else x.shape[2]
+    want = (seq, x.shape[-1])
+    if tuple(cos.shape) != want or tuple(sin.shape) != want:
+        raise ValueError(f"apply_rope: cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must both be "
+                         f"(S, D) = {want} for x {tuple(x.shape)} in layout {layout}")
+    if x.shape[-1] % 2:
+        raise ValueError(f"apply_rope: head dim {x.shape[-1]} must be even (rotate-half pairs its halves)")
+    return _dispatch("rope", x, cos, sin, layout).fn(x, cos, sin, layout)
+
+
+def rope_table_shape(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
+    """Where cos/sin (S, D) broadcast against x: (1, S, 1, D) for BSND, (1, 1, S, D) for BNSD."""
+    s, d = (x.shape[1], x.shape[-1]) if layout == "BSND" else (x.shape[2], x.shape[-1])
+    return (1, s, 1, d) if layout == "BSND" else (1, 1, s, d)
+
+
+@registry.register("rope", "torch", ranks={"cuda": 0, "cpu": 0, "npu": 1})
+def torch_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:
+    """x*cos + rotate_half(x)*sin in float32, rounded once (any device)."""
+    shape = rope_table_shape(x, layout)
+    xf = x.float()
+    x1, x2 = xf.chunk(2, dim=-1)
+    rotated = torch.cat((-x2, x1), dim=-1)
+    return (xf * cos.float().reshape(shape) + rotated * sin.float().reshape(shape)).to(x.dtype)
+
+
+# -- AdamW ---------------------------------------------------------------------------------
+def fused_adamw(params: Iterable, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                eps: float = 1e-8, weight_decay: float = 0.01) -> torch.optim.Optimizer:
+    """The backend's fastest AdamW (decoupled weight decay: p *= 1 - lr*wd each step).
+
+    Call ``zero_grad()`` without arguments: fused vendor optimizers keep gradients in one
+    combined buffer and reject ``set_to_none=True``.
+    """
+    params = list(params)
+    if not params:
+        raise ValueError("fused_adamw: got no parameters to optimise")
+    if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"fused_adamw: invalid hyper-parameters lr={lr} betas={betas} eps={eps} "
+                         f"weight_decay={weight_decay} (need lr, eps, wd >= 0 and 0 <= beta < 1)")
+    kernel = _dispatch("adamw", params)
+    return kernel.fn(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
+
+
+def param_tensors(params: list) -> list[torch.Tensor]:
+    out = []
+    for p in params:
+        if isinstance(p, dict):
+            out.extend(p["params"])
+        elif isinstance(p, tuple):  # (name, tensor) pairs
+            out.append(p[1])
+        else:
+            out.append(p)
+    return out
+
+
+def param_dtypes(params: list) -> set[torch.dtype]:
+    return {p.dtype for p in param_tensors(params)}
+
+
+@registry.register("adamw", "torch_fused", ranks={"cuda": 0})
+def torch_fused_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Optimizer:
+    """torch.optim.AdamW(fused=True): one multi-tensor kernel per step."""
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
+
+
+@registry.register("adamw", "torch_foreach", ranks={"cuda": 2, "cpu": 0, "npu": 2})
+def torch_foreach_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Optimizer:
+    """torch.optim.AdamW(foreach=True): portable, horizontally batched."""
+    return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)
