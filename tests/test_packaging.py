@@ -43,6 +43,8 @@ def test_core_never_names_a_device_vendor():
                              text=True).stdout.split()
     offenders = []
     for path in tracked:
+        if path == "cosmos_hal/backend.py":  # the registry maps backend names to modules
+            continue
         with open(os.path.join(REPO, path), encoding="utf-8") as fh:
             for n, line in enumerate(fh, 1):
                 if re.search(r"""["'](cuda|npu)(:\d+)?["']|torch\.(cuda|npu)\.""", line):
