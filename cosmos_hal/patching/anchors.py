@@ -48,10 +48,10 @@ def find_scope(tree: ast.Module, scope: str) -> ast.AST:
     walked = []
     for part in scope.split("."):
         walked.append(part)
-        found = [n for n in ast.walk(node) if isinstance(n, _DEFS) and n.name == part and n is not node]
-        # prefer a direct child, so "A.f" does not pick a nested f of another def
-        direct = [n for n in found if n in getattr(node, "body", [])]
-        found = direct or found
+        # a direct child first, so "A.f" does not pick a nested f of another def
+        found = [n for n in getattr(node, "body", []) if isinstance(n, _DEFS) and n.name == part]
+        if not found:
+            found = [n for n in ast.walk(node) if isinstance(n, _DEFS) and n.name == part and n is not node]
         if len(found) != 1:
             what = "not found" if not found else f"found {len(found)} times"
             raise AnchorError(f"scope {'.'.join(walked)!r} {what}")
@@ -91,12 +91,14 @@ class StatementMatcher:
             wanted = parse_statements(self.stmt)
             if len(wanted) != 1:
                 raise AnchorError(f"`stmt` must be one statement, got {len(wanted)}: {self.stmt!r}")
-            key = shape(wanted[0])
-            return lambda s: shape(s) == key
+            key, kind = shape(wanted[0]), type(wanted[0])
+            return lambda s: type(s) is kind and shape(s) == key
         if self.assigns:
             key = shape(parse_expression(self.assigns))
 
             def assigns(s):
+                if not isinstance(s, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                    return False
                 targets = s.targets if isinstance(s, ast.Assign) else (
                     [s.target] if isinstance(s, (ast.AnnAssign, ast.AugAssign)) else [])
                 return any(shape(t) == key for t in targets)
@@ -123,17 +125,19 @@ def find_statements(scope: ast.AST, matcher: StatementMatcher) -> list[tuple[lis
 def find_runs(scope: ast.AST, stmts: list[ast.stmt]) -> list[tuple[list[ast.stmt], int]]:
     """Where the statement sequence ``stmts`` occurs contiguously in scope."""
     keys = [shape(s) for s in stmts]
+    kinds = [type(s) for s in stmts]
     hits = []
     for block in statement_lists(scope):
         for i in range(len(block) - len(keys) + 1):
-            if all(shape(block[i + j]) == keys[j] for j in range(len(keys))):
+            if all(type(block[i + j]) is kinds[j] for j in range(len(keys))) and \
+                    all(shape(block[i + j]) == keys[j] for j in range(len(keys))):
                 hits.append((block, i))
     return hits
 
 
 def find_expressions(scope: ast.AST, expr: ast.expr) -> list[ast.expr]:
-    key = shape(expr)
-    return [n for n in ast.walk(scope) if isinstance(n, ast.expr) and shape(n) == key]
+    key, kind = shape(expr), type(expr)
+    return [n for n in ast.walk(scope) if type(n) is kind and shape(n) == key]
 
 
 # -- text splicing ---------------------------------------------------------------------------

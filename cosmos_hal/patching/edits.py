@@ -8,6 +8,7 @@ older run of the tool is still recognised, and a second apply changes nothing.
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 
 from cosmos_hal.patching import anchors as A
@@ -35,9 +36,15 @@ def _splice_lines(src: A.Source, pieces: list[tuple[int, int, str]]) -> str:
     return "".join(lines)
 
 
+@functools.lru_cache(maxsize=8)
+def _parse(text: str) -> ast.Module:
+    """Parsed once per text: a fix's edits often look at the same unchanged file in turn."""
+    return ast.parse(text)
+
+
 def evaluate(edit: Edit, text: str) -> EditOutcome:
     try:
-        tree = ast.parse(text)
+        tree = _parse(text)
     except SyntaxError as exc:
         return EditOutcome(CONFLICT, f"{edit.file} does not parse ({exc.msg}, line {exc.lineno})")
     try:
