@@ -63,3 +63,64 @@ def as_latent_cache(obj) -> LatentCache | None:
     if obj is None or isinstance(obj, LatentCache):
         return obj
     return LatentCache(obj)
+
+
+def load_wan_vae(vae_path, *, device=None, dtype=None):
+    """diffusers AutoencoderKLWan from a local folder (or a pipeline folder with vae/)."""
+    from pathlib import Path as _Path
+
+    from diffusers import AutoencoderKLWan
+
+    path = _Path(vae_path)
+    if (path / "vae" / "config.json").is_file():
+        path = path / "vae"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"--vae_path {vae_path}: no config.json; point it at a local AutoencoderKLWan folder")
+    vae = AutoencoderKLWan.from_pretrained(str(path), local_files_only=True, torch_dtype=dtype or torch.float32)
+    if device is None:
+        import cosmos_hal
+
+        device = cosmos_hal.current_backend().device()
+    return vae.to(device).eval()
+
+
+@torch.inference_mode()
+def encode_video(vae, video: torch.Tensor) -> torch.Tensor:
+    """(C, T, H, W) in [-1, 1] -> posterior mean (z_dim, T', H', W') float32 on the CPU."""
+    t = video.shape[1]
+    factor = int(getattr(vae.config, "scale_factor_temporal", None) or 4)
+    if (t - 1) % factor:
+        raise ValueError(f"num_frames={t}: the Wan VAE needs 1 + {factor}k frames (e.g. 1, 5, 17, 93)")
+    param = next(vae.parameters())
+    x = video.unsqueeze(0).to(device=param.device, dtype=param.dtype)
+    return vae.encode(x).latent_dist.mode()[0].float().cpu()
+
+
+def encode_dataset_latents(dataset, vae, cache, *, epochs: int = 1, vae_name: str = "", progress: bool = True) -> dict[str, int]:
+    """Encode every window the dataset will draw in epochs 0..epochs-1 into ``cache``.
+
+    Windows are pure functions of (seed, epoch, index), so these are exactly the entries
+    training will look up. Existing entries are kept. Returns {"encoded", "kept", "bad"}."""
+    from tqdm import tqdm
+
+    cache = as_latent_cache(cache)
+    counts = {"encoded": 0, "kept": 0, "bad": 0}
+    bar = tqdm(total=epochs * len(dataset), desc="VAE latents", unit="clip", disable=not progress)
+    for epoch in range(epochs):
+        dataset.set_epoch(epoch)
+        for i in range(len(dataset)):
+            item = dataset[i]  # None when skip_bad_samples skipped it
+            bar.update(1)
+            if item is None:
+                counts["bad"] += 1
+                continue
+            stem = Path(item["path"]).stem
+            res = tuple(item["video"].shape[-2:])
+            if "latents" in item or cache.path_for(stem, item["frame_start"], item["num_frames"], res).is_file():
+                counts["kept"] += 1
+                continue
+            cache.put(stem, item["frame_start"], item["num_frames"], res, encode_video(vae, item["video"]),
+                      source=item["path"], vae=vae_name)
+            counts["encoded"] += 1
+    bar.close()
+    return counts

@@ -113,6 +113,7 @@ def make_synthetic_dataset(
     text_embed_dim: int = 1024,
     num_tokens: int = 512,
     seed: int = 0,
+    progress: bool = False,
 ) -> Path:
     """Write a dataset of ``num_videos`` clips (or images) under ``root`` and return it.
 
@@ -129,8 +130,10 @@ def make_synthetic_dataset(
         )
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
+    from tqdm import tqdm
+
     rows = []
-    for i in range(num_videos):
+    for i in tqdm(range(num_videos), desc=f"synthetic {layout}", unit="clip", disable=not progress):
         name = f"synthetic_{i:04d}"
         frames, caption = render_clip(seed, i, 1 if layout == "image" else num_frames, height, width)
         if layout == "image":
