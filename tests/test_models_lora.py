@@ -1,0 +1,145 @@
+"""LoRA / DoRA adapters: trainable set, fp32 adapters, diffusers-format save and load."""
+
+import pytest
+import torch
+
+from cosmos_hal import rng
+from cosmos_hal.models import presets
+from cosmos_hal.models.dit import build_transformer
+from cosmos_hal.models.vae import build_vae
+from cosmos_hal.models.lora import (
+    LORA_WEIGHT_NAME,
+    add_adapters,
+    adapter_state_dict,
+    load_adapters,
+    save_adapters,
+)
+
+RANK, ALPHA = 4, 8.0  # alpha != rank: the scale 2 must survive the file round trip
+
+
+def _rel(out, ref):
+    assert torch.isfinite(out).all() and torch.isfinite(ref).all()
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def _inputs(seed=0):
+    k = lambda i: rng.Key(seed, "lora_inputs", index=i)  # noqa: E731
+    return (
+        rng.normal(k(0), (1, 16, 3, 8, 8)),
+        rng.uniform(k(1), (1,)),
+        rng.normal(k(2), (1, 512, 64)),
+        dict(condition_mask=torch.zeros(1, 1, 3, 8, 8), padding_mask=torch.zeros(1, 1, 8, 8)),
+    )
+
+
+@torch.no_grad()
+def _forward(model, seed=0):
+    x, t, ctx, kw = _inputs(seed)
+    return model(x, t, ctx, **kw).sample
+
+
+def _base(dtype=torch.float32):
+    return build_transformer("tiny", init_seed=11, dtype=dtype, install_hal_processor=False)
+
+
+def _randomize_lora_b(model):
+    with torch.no_grad():
+        for i, (name, p) in enumerate(sorted(model.named_parameters())):
+            if "lora_B" in name:
+                p.copy_(rng.normal(rng.Key(5, "lora_B", index=i), tuple(p.shape), std=0.05))
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_only_adapter_params_train_and_stay_fp32(use_dora):
+    model = _base(torch.bfloat16)
+    n = add_adapters(model, RANK, ALPHA, use_dora=use_dora)
+    d, ff = 64, 256
+    per_block = 8 * RANK * (d + d) + 2 * RANK * (d + ff)
+    if use_dora:
+        per_block += 8 * d + ff + d  # one magnitude per output feature
+    assert n == 2 * per_block
+    trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in name for name, _ in trainable)
+    assert {p.dtype for _, p in trainable} == {torch.float32}
+    frozen = {p.dtype for name, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {torch.bfloat16}
+    targets = {name.split(".lora_")[0].split(".", 2)[-1] for name, _ in trainable}
+    assert targets == {
+        f"{a}.{m}" for a in ("attn1", "attn2") for m in ("to_q", "to_k", "to_v", "to_out.0")
+    } | {"ff.net.0.proj", "ff.net.2"}
+
+
+def test_fresh_adapter_leaves_output_unchanged_and_gets_gradients():
+    model = _base()
+    ref = _forward(model)
+    add_adapters(model, RANK, ALPHA)
+    assert torch.equal(_forward(model), ref)
+    x, t, ctx, kw = _inputs()
+    model(x, t, ctx, **kw).sample.square().mean().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
+    assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("use_dora", [False, True])
+def test_saved_adapters_load_into_fresh_model_with_diffusers_api(tmp_path, use_dora):
+    trained = _base()
+    base_out = _forward(trained)
+    add_adapters(trained, RANK, ALPHA, use_dora=use_dora)
+    _randomize_lora_b(trained)
+    want = _forward(trained)
+    assert _rel(want, base_out) > 1e-3
+    path = save_adapters(trained, tmp_path / "lora")
+    assert path == tmp_path / "lora" / LORA_WEIGHT_NAME and path.is_file()
+    assert not list((tmp_path / "lora").glob(".lora-tmp-*"))
+
+    fresh = _base()
+    fresh.load_lora_adapter(str(path), prefix="transformer")  # diffusers' own API (ignores the metadata)
+    assert _rel(_forward(fresh), want) < 1e-5
+
+    # The Predict2.5 pipeline (the Cosmos pipeline with a LoRA loader mixin) accepts the same file.
+    from diffusers import Cosmos2_5_PredictBasePipeline, UniPCMultistepScheduler
+
+    pipe = Cosmos2_5_PredictBasePipeline(
+        text_encoder=None,
+        tokenizer=None,
+        transformer=_base(),
+        vae=build_vae("tiny"),
+        scheduler=UniPCMultistepScheduler(),
+        safety_checker=lambda *args, **kwargs: None,
+    )
+    pipe.load_lora_weights(str(tmp_path / "lora"))
+    assert _rel(_forward(pipe.transformer), want) < 1e-5
+
+    mine = load_adapters(_base(), tmp_path / "lora")
+    assert _rel(_forward(mine), want) < 1e-5
+    assert adapter_state_dict(mine).keys() == adapter_state_dict(trained).keys()
+
+
+def test_fused_weights_equal_float64_reference(tmp_path):
+    trained = _base()
+    add_adapters(trained, RANK, ALPHA)
+    _randomize_lora_b(trained)
+    save_adapters(trained, tmp_path)
+    layer = trained.transformer_blocks[1].attn2.to_k
+    w = layer.base_layer.weight.double()
+    a = layer.lora_A["default"].weight.double()
+    b = layer.lora_B["default"].weight.double()
+    for scale in (1.0, 0.5):
+        fused = load_adapters(_base(), tmp_path, scale=scale, fuse=True)
+        assert not any("lora" in n for n, _ in fused.named_parameters())
+        got = fused.transformer_blocks[1].attn2.to_k.weight
+        assert _rel(got, w + scale * (ALPHA / RANK) * b @ a) < 1e-6
+    unfused = load_adapters(_base(), tmp_path, scale=0.5)
+    assert _rel(_forward(unfused), _forward(fused)) < 1e-5
+
+
+def test_load_adapters_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match=LORA_WEIGHT_NAME):
+        load_adapters(_base(), tmp_path)
+    with pytest.raises(ValueError, match="rank"):
+        add_adapters(_base(), 0)
+
+
+def test_tiny_preset_is_the_one_lora_tests_use():
+    assert presets.get_preset("tiny").hidden_size == 64
