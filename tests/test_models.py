@@ -118,10 +118,17 @@ def test_tiny_vae_encodes_17x64x64_to_5x8x8_with_wan_normalisation():
     mean = torch.tensor(presets.WAN21_LATENTS_MEAN, dtype=torch.float64).view(1, 16, 1, 1, 1)
     std = torch.tensor(presets.WAN21_LATENTS_STD, dtype=torch.float64).view(1, 16, 1, 1, 1)
     assert _rel(lat, (mu - mean) / std) < 1e-6
+
+
+def test_decode_latents_undoes_the_normalisation():
+    vae = build_vae("tiny")
+    lat = rng.normal(rng.Key(3, "latents"), (1, 16, 2, 4, 4))
     out = decode_latents(vae, lat)
-    assert out.shape == (1, 3, 17, 64, 64) and out.min() >= -1 and out.max() <= 1
+    assert out.shape == (1, 3, 5, 32, 32) and out.min() >= -1 and out.max() <= 1
+    mean = torch.tensor(presets.WAN21_LATENTS_MEAN, dtype=torch.float64).view(1, 16, 1, 1, 1)
+    std = torch.tensor(presets.WAN21_LATENTS_STD, dtype=torch.float64).view(1, 16, 1, 1, 1)
     with torch.no_grad():
-        ref = vae.decode(mu.float()).sample.clamp(-1, 1)
+        ref = vae.decode((lat.double() * std + mean).float()).sample.clamp(-1, 1)
     assert _rel(out, ref) < 1e-5
 
 
