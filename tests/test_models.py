@@ -149,3 +149,18 @@ def test_vae_from_saved_folder_and_missing_folder(tmp_path):
     assert sd.keys() == sd2.keys() and all(torch.equal(sd[k], sd2[k]) for k in sd)
     with pytest.raises(FileNotFoundError, match="config.json"):
         build_vae(tmp_path / "nowhere")
+
+
+def test_build_installs_the_hal_attention_processor_with_equal_output():
+    from cosmos_hal.models.processor import CosmosHalAttnProcessor
+
+    plain = build_transformer("tiny", init_seed=7, install_hal_processor=False)
+    hal = build_transformer("tiny", init_seed=7)
+    procs = [m.processor for m in hal.modules() if hasattr(m, "set_processor")]
+    assert len(procs) == 2 * 2 and all(isinstance(p, CosmosHalAttnProcessor) for p in procs)
+    preset = presets.get_preset("tiny")
+    x, t, ctx, kw = tiny_inputs(preset, batch=2, seed=4)
+    with torch.no_grad():
+        ref = plain.double()(x.double(), t.double(), ctx.double(), **{k: v.double() for k, v in kw.items()}).sample
+        out = hal(x, t, ctx, **kw).sample
+    assert _rel(out, ref) < 1e-5

@@ -40,7 +40,7 @@ def _forward(model, seed=0):
 
 
 def _base(dtype=torch.float32):
-    return build_transformer("tiny", init_seed=11, dtype=dtype, install_hal_processor=False)
+    return build_transformer("tiny", init_seed=11, dtype=dtype)  # with the cosmos_hal processor, as trained
 
 
 def _randomize_lora_b(model):
