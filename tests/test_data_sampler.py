@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 
 import pytest
-import torch
 
 from cosmos_hal import rng
 from cosmos_hal.data.datasets import build_dataset

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import itertools
 import pickle
 import shutil
 import subprocess
@@ -225,3 +224,30 @@ def test_encode_latents_rejects_frame_counts_the_vae_cannot_take(tmp_path, tiny_
         _tool("encode_latents")(["--dataset_path", str(root), "--vae_path", str(tiny_vae), "--cache_dir",
                                  str(tmp_path / "c"), "--num_frames", "6", "--height", "32", "--width", "32",
                                  "--device", "cpu"])
+
+
+# -- on a GPU (run with `bash tools/test.sh -m cuda tests/test_tools_data.py`) --------------------
+
+
+@pytest.mark.cuda
+def test_t5_embeddings_on_gpu_match_float64_reference(video_set, tiny_t5):
+    _tool("get_t5_embeddings")(["--dataset_path", str(video_set), "--encoder_path", str(tiny_t5), "--device", "cuda"])
+    caption = (video_set / "metas" / "synthetic_0001.txt").read_text().strip()
+    got = torch.from_numpy(pickle.loads((video_set / "t5_xxl" / "synthetic_0001.pickle").read_bytes())[0])
+    assert _rel(got, _reference_embedding(tiny_t5, caption)) < 2e-3  # float16 storage
+
+
+@pytest.mark.cuda
+def test_encode_latents_on_gpu_match_float64_reference(tmp_path, tiny_vae):
+    from diffusers import AutoencoderKLWan
+
+    root = make_synthetic_dataset(tmp_path / "nemo", num_videos=1, num_frames=9, height=32, width=32,
+                                  text_embed_dim=8, num_tokens=4)
+    _tool("encode_latents")(["--dataset_path", str(root), "--vae_path", str(tiny_vae), "--cache_dir",
+                             str(tmp_path / "c"), "--num_frames", "9", "--height", "32", "--width", "32",
+                             "--device", "cuda"])
+    item = build_dataset(root, num_frames=9, resolution=(32, 32), latent_cache=tmp_path / "c")[0]
+    vae = AutoencoderKLWan.from_pretrained(str(tiny_vae)).to(torch.float64).eval()
+    with torch.no_grad():
+        ref = vae.encode(item["video"][None].double()).latent_dist.mode()[0]
+    assert _rel(item["latents"], ref) < 5e-3  # cuDNN convolutions may use TF32
