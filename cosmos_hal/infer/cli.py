@@ -1,0 +1,196 @@
+"""``python -m cosmos_hal infer video2world|text2image`` (and tools/infer.py): flags -> a
+loaded pipeline -> files. The logic lives in the modules next to this one."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_SIZE = {"video2world": (704, 1280), "text2image": (768, 1360)}
+DEFAULT_OUT = {"video2world": "output.mp4", "text2image": "output.png"}
+
+
+def _common(p: argparse.ArgumentParser, task: str) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True,
+                   help="diffusers pipeline folder (transformer/ vae/ text_encoder/ tokenizer/ scheduler/), "
+                        "or an NVIDIA checkpoint .pt (then also --vae_path and --text_encoder_path)")
+    g.add_argument("--vae_path", default=None, help="Wan 2.1 VAE folder (diffusers AutoencoderKLWan); overrides the model's")
+    g.add_argument("--text_encoder_path", default=None,
+                   help="T5 folder (encoder config.json + tokenizer, or text_encoder/ + tokenizer/ subfolders)")
+    g.add_argument("--preset", default=None,
+                   help="DiT shape of a .pt checkpoint (default predict2-2b / predict2-2b-t2i; e.g. predict2-14b)")
+    g.add_argument("--ema", action="store_true", help="NVIDIA training checkpoints: use the net_ema.* weights")
+    g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]",
+                   help="LoRA/DoRA adapter folder or pytorch_lora_weights.safetensors, with an optional scale "
+                        "(default 1.0); repeat to mix several")
+    g.add_argument("--fuse_lora", action="store_true", help="merge the adapters into the weights (faster steps)")
+
+    g = p.add_argument_group("prompt")
+    g.add_argument("--prompt", default=None, help="text prompt")
+    g.add_argument("--prompt_file", default=None, help="read the prompt from this text file")
+    g.add_argument("--negative_prompt", default=None, help="negative prompt (default: the pipeline's Cosmos default)")
+
+    g = p.add_argument_group("sampling")
+    h, w = DEFAULT_SIZE[task]
+    g.add_argument("--num_steps", type=int, default=35, help="denoising steps (default 35)")
+    g.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale; <= 1 disables it")
+    g.add_argument("--seed", type=int, default=0, help="noise seed; same seed, same noise on every backend")
+    g.add_argument("--height", type=int, default=h, help=f"output height, a multiple of 16 (default {h})")
+    g.add_argument("--width", type=int, default=w, help=f"output width, a multiple of 16 (default {w})")
+    g.add_argument("--out", default=DEFAULT_OUT[task],
+                   help=f"output file (default {DEFAULT_OUT[task]}); with --batch_dir an output folder")
+
+    g = p.add_argument_group("runtime")
+    g.add_argument("--backend", choices=["cpu", "cuda", "npu"], default=None,
+                   help="use this backend instead of auto-detection (also COSMOS_HAL_BACKEND)")
+    g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
+                   help="weights and activations (default: fp32 on the CPU, bf16 elsewhere)")
+    g.add_argument("--processor", choices=["hal", "diffusers"], default="hal",
+                   help="attention processor: cosmos_hal's kernels (default) or diffusers' own")
+    g.add_argument("--offload", action="store_true",
+                   help="keep text encoder, DiT and VAE on the CPU except while each runs (needs accelerate)")
+    g.add_argument("--guardrail", action="store_true",
+                   help="run NVIDIA's cosmos-guardrail on prompt and output (pip install cosmos-guardrail)")
+    g.add_argument("-v", "--verbose", action="store_true", help="log what is loaded and chosen")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``infer`` with its ``video2world`` and ``text2image`` commands to ``subparsers``."""
+    infer = subparsers.add_parser("infer", help="generate videos (video2world) or images (text2image)",
+                                  description="Cosmos-Predict2 generation with diffusers' pipelines on cosmos_hal.")
+    tasks = infer.add_subparsers(dest="task", metavar="TASK")
+    tasks.required = True
+
+    p = tasks.add_parser("video2world", help="a video from an image or video and a prompt",
+                         description="Video2World: continue an image or video as directed by a prompt. "
+                                     "Batch mode: --batch_dir over NAME.png + NAME.txt pairs.")
+    _common(p, "video2world")
+    g = p.add_argument_group("video")
+    g.add_argument("--image", default=None, help="conditioning image (first frame)")
+    g.add_argument("--video", default=None, help="conditioning video (its last frames condition)")
+    g.add_argument("--batch_dir", default=None,
+                   help="folder of NAME.png + NAME.txt pairs; writes --out/NAME.mp4 for each")
+    g.add_argument("--skip_existing", action="store_true", help="batch mode: keep mp4s that already exist")
+    g.add_argument("--num_frames", type=int, default=93, help="frames to generate, 4k+1 (default 93)")
+    g.add_argument("--fps", type=float, default=16.0, help="frame rate of the mp4 (default 16)")
+    g.add_argument("--fps_scaling", action="store_true",
+                   help="also scale the temporal RoPE by 24/fps as diffusers does (off by default: NVIDIA's "
+                        "Predict2 checkpoints were trained without it)")
+
+    p = tasks.add_parser("text2image", help="an image from a prompt", description="Text2Image generation.")
+    _common(p, "text2image")
+    return infer
+
+
+def build_parser(prog: str = "python -m cosmos_hal") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog)
+    add_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def _check_args(args) -> None:
+    """Everything that can be checked before a model loads."""
+    from cosmos_hal.infer import checks
+    from cosmos_hal.infer.adapters import lora_file, parse_lora_arg
+    from cosmos_hal.infer.errors import InferenceInputError
+
+    video = args.task == "video2world"
+    checks.check_size(args.height, args.width, args.num_frames if video else None)
+    for name in ("num_steps",):
+        if getattr(args, name) < 1:
+            raise InferenceInputError(f"--{name} {getattr(args, name)}: must be at least 1")
+    if video and getattr(args, "fps", 1) <= 0:
+        raise InferenceInputError(f"--fps {args.fps}: must be positive")
+    checks.check_model_source(args.model, args.vae_path, args.text_encoder_path)
+    for text in args.lora:
+        lora_file(parse_lora_arg(text).path)
+    if video and args.batch_dir is not None:
+        if args.image or args.video or args.prompt or args.prompt_file:
+            raise InferenceInputError("--batch_dir takes image and prompt from its NAME.png/NAME.txt pairs; "
+                                      "drop --image/--video/--prompt/--prompt_file")
+        from cosmos_hal.infer.batch import find_pairs
+
+        find_pairs(args.batch_dir)
+        if Path(args.out).suffix:
+            raise InferenceInputError(f"--out {args.out}: with --batch_dir give an output folder, not a file")
+
+
+def _request(args):
+    from cosmos_hal.infer import checks
+    from cosmos_hal.infer.conditioning import load_conditioning
+    from cosmos_hal.infer.generate import Request
+
+    video = args.task == "video2world"
+    batch = video and args.batch_dir is not None
+    req = Request(
+        prompt="" if batch else checks.read_prompt(args.prompt, args.prompt_file),
+        negative_prompt=args.negative_prompt,
+        num_steps=args.num_steps,
+        guidance=args.guidance,
+        seed=args.seed,
+        height=args.height,
+        width=args.width,
+    )
+    if video:
+        req.num_frames, req.fps = args.num_frames, args.fps
+        if not batch:
+            req.conditioning = load_conditioning(args.image, args.video)
+    return req
+
+
+def run(args) -> list[Path]:
+    """Load, generate, write; returns the written files. Raises InferenceInputError on bad input."""
+    from cosmos_hal.backend import use
+    from cosmos_hal.infer import generate
+    from cosmos_hal.infer.adapters import load_loras, parse_lora_arg
+    from cosmos_hal.infer.loader import LoadOptions, load_pipeline
+
+    _check_args(args)
+    req = _request(args)
+    backend = use(args.backend) if args.backend else None
+    opts = LoadOptions(
+        task=args.task, model=args.model, vae_path=args.vae_path, text_encoder_path=args.text_encoder_path,
+        preset=args.preset, ema=args.ema, dtype=args.dtype, processor=args.processor,
+        fps_scaling=getattr(args, "fps_scaling", False), offload=args.offload, guardrail=args.guardrail,
+    )
+    pipe = load_pipeline(opts, backend)
+    if args.lora:
+        load_loras(pipe.transformer, [parse_lora_arg(t) for t in args.lora], fuse=args.fuse_lora)
+    if args.task == "video2world" and args.batch_dir is not None:
+        from cosmos_hal.infer.batch import run_batch
+
+        return run_batch(pipe, args.batch_dir, args.out, req, skip_existing=args.skip_existing)
+    if args.task == "video2world":
+        frames = generate.video2world(pipe, req)
+        return [generate.write_output(args.out, frames, req.fps)]
+    return [generate.write_output(args.out, generate.text2image(pipe, req), 0)]
+
+
+def main(args) -> int:
+    """Run the parsed ``infer`` command; bad input prints ``error: ...`` and returns 2."""
+    from cosmos_hal.backend import BackendUnavailableError
+    from cosmos_hal.infer.errors import InferenceInputError
+    from cosmos_hal.models.loading import CheckpointMismatchError
+
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # diffusers' loading chatter (e.g. the pass-through safety checker's type)
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.set_verbosity_error()
+    try:
+        written = run(args)
+    except (InferenceInputError, CheckpointMismatchError, BackendUnavailableError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(path)
+    return 0
+
+
+def cli(argv=None, prog: str = "python -m cosmos_hal") -> int:
+    """Parse ``infer ...`` argv and run it (tools/infer.py and tests call this)."""
+    args = build_parser(prog).parse_args(argv)
+    return main(args)

@@ -1,0 +1,97 @@
+"""One generation: cosmos_hal.rng noise in, diffusers pipeline call, uint8 frames out, file
+written atomically.
+
+Why pass ``latents=``: the pipelines would otherwise draw the initial noise with the
+device's generator, which differs between CPU, CUDA and NPU for the same seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cosmos_hal.infer import noise, rope_fps
+from cosmos_hal.infer.loader import PREDICT25_PIPELINE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Request:
+    """One sample. ``conditioning`` is ``{"image": PIL}`` or ``{"video": [PIL, ...]}``
+    (Video2World only); ``index`` keys the noise draw within a batch run."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    conditioning: dict = field(default_factory=dict)
+    num_steps: int = 35
+    guidance: float = 7.0
+    seed: int = 0
+    height: int = 704
+    width: int = 1280
+    num_frames: int = 93
+    fps: float = 16.0
+    index: int = 0
+
+
+def _to_uint8(frames) -> np.ndarray:
+    arr = np.asarray(frames, dtype=np.float32)
+    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def initial_latents_for(pipe, req: Request, *, image: bool):
+    cfg = pipe.transformer.config
+    frames = 1 if image else req.num_frames
+    shape = noise.latent_shape(pipe.vae.config, cfg, height=req.height, width=req.width, num_frames=frames)
+    return noise.initial_latents(req.seed, shape, index=req.index)
+
+
+def video2world(pipe, req: Request) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of the generated video."""
+    kwargs = dict(
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt,
+        height=req.height,
+        width=req.width,
+        num_frames=req.num_frames,
+        num_inference_steps=req.num_steps,
+        guidance_scale=req.guidance,
+        latents=initial_latents_for(pipe, req, image=False),
+        output_type="np",
+        **req.conditioning,
+    )
+    if type(pipe).__name__ != PREDICT25_PIPELINE:  # Predict2.5's pipeline takes no fps
+        # Without --fps_scaling the transformer ignores it (rope_fps); either way it is logged.
+        kwargs["fps"] = req.fps
+        log.info("temporal RoPE scale %.3g (fps %s)", rope_fps.temporal_rope_scale(pipe.transformer, req.fps), req.fps)
+    out = pipe(**kwargs)
+    return _to_uint8(out.frames[0])
+
+
+def text2image(pipe, req: Request) -> np.ndarray:
+    """(H, W, 3) uint8 image."""
+    out = pipe(
+        prompt=req.prompt,
+        negative_prompt=req.negative_prompt,
+        height=req.height,
+        width=req.width,
+        num_inference_steps=req.num_steps,
+        guidance_scale=req.guidance,
+        latents=initial_latents_for(pipe, req, image=True),
+        output_type="np",
+    )
+    return _to_uint8(out.images[0])
+
+
+def write_output(path, frames: np.ndarray, fps: float) -> Path:
+    """An mp4 for (T, H, W, 3) frames, an image for (H, W, 3); temp name then rename."""
+    from cosmos_hal.data.video_io import write_image, write_video
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if frames.ndim == 3:
+        return write_image(path, frames)
+    return write_video(path, frames, fps=fps)

@@ -1,0 +1,220 @@
+"""Build a diffusers Cosmos pipeline on the cosmos_hal device, with the cosmos_hal attention
+processor, unscaled temporal RoPE, and a deterministic conditioning encode.
+
+Sources: a diffusers pipeline folder (``transformer/ vae/ text_encoder/ tokenizer/
+scheduler/``, e.g. a nvidia/Cosmos-Predict2-2B-Video2World download), or an NVIDIA checkpoint
+(``model-720p-16fps.pt``, a training ``iter_*.pt``) plus a VAE folder and a T5 folder. The DiT
+always goes through ``cosmos_hal.models.dit.build_transformer`` (strict key check, named
+mismatches); everything else is diffusers' own loading.
+
+Predict2.5 folders (``model_index.json`` naming ``Cosmos2_5_PredictBasePipeline``) load
+diffusers' Predict2.5 pipeline; its image-context attention is not used by that pipeline, so
+the cosmos_hal processor applies as well.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cosmos_hal.infer import checks, guardrail, rope_fps
+from cosmos_hal.infer.errors import InferenceInputError
+
+log = logging.getLogger(__name__)
+
+TASK_PIPELINES = {
+    "video2world": "Cosmos2VideoToWorldPipeline",
+    "text2image": "Cosmos2TextToImagePipeline",
+}
+PREDICT25_PIPELINE = "Cosmos2_5_PredictBasePipeline"
+# Which pipeline classes can serve which task.
+PIPELINE_TASKS = {
+    "Cosmos2VideoToWorldPipeline": "video2world",
+    "Cosmos2TextToImagePipeline": "text2image",
+    PREDICT25_PIPELINE: "video2world",
+}
+DEFAULT_PRESETS = {"video2world": "predict2-2b", "text2image": "predict2-2b-t2i"}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class LoadOptions:
+    """What to load and how; mirrors the CLI flags of ``python -m cosmos_hal infer``."""
+
+    task: str
+    model: str
+    vae_path: str | None = None
+    text_encoder_path: str | None = None
+    preset: str | None = None  # DiT shape for an NVIDIA .pt checkpoint
+    ema: bool = False  # NVIDIA training checkpoints: take net_ema.* weights
+    dtype: str | None = None  # bf16 | fp16 | fp32; default: fp32 on the CPU, else bf16
+    processor: str = "hal"  # hal | diffusers
+    fps_scaling: bool = False  # diffusers' fps-scaled temporal RoPE (off: as the checkpoints)
+    offload: bool = False  # keep text encoder and VAE on the CPU between uses
+    guardrail: bool = False
+
+
+def resolve_dtype(name: str | None, backend) -> torch.dtype:
+    if name is None:
+        return torch.float32 if backend.name == "cpu" else torch.bfloat16
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise InferenceInputError(f"--dtype {name!r}: choose one of {', '.join(DTYPES)}") from None
+
+
+def pipeline_class_name(model: Path, task: str) -> str:
+    """The pipeline class for ``task``; a folder's model_index.json may name Predict2.5's."""
+    if task not in TASK_PIPELINES:
+        raise InferenceInputError(f"unknown task {task!r}; choose video2world or text2image")
+    index = model / "model_index.json" if model.is_dir() else None
+    if index is None or not index.is_file():
+        return TASK_PIPELINES[task]
+    name = json.loads(index.read_text()).get("_class_name", "")
+    if name not in PIPELINE_TASKS:
+        log.warning("%s names pipeline %r; using %s", index, name, TASK_PIPELINES[task])
+        return TASK_PIPELINES[task]
+    if PIPELINE_TASKS[name] != task:
+        raise InferenceInputError(
+            f"--model {model} is a {name} ({PIPELINE_TASKS[name]}) but you asked for {task}; "
+            f"run `python -m cosmos_hal infer {PIPELINE_TASKS[name]}` or give a {task} model"
+        )
+    return name
+
+
+def _pipeline_class(name: str):
+    import diffusers
+
+    return getattr(diffusers, name)
+
+
+def build_dit(opts: LoadOptions, model: Path, dtype, device):
+    """The DiT with strict weight loading (CheckpointMismatchError names every bad key)."""
+    from cosmos_hal.models.dit import build_transformer
+
+    if model.is_file():
+        preset = opts.preset or DEFAULT_PRESETS[opts.task]
+        transformer = build_transformer(preset, weights=model, ema=opts.ema, dtype=dtype, device=device,
+                                        install_hal_processor=opts.processor == "hal")
+    else:
+        if opts.preset:
+            log.info("--preset %s ignored: %s/transformer/config.json gives the shape", opts.preset, model)
+        transformer = build_transformer(None, weights=model, dtype=dtype, device=device,
+                                        install_hal_processor=opts.processor == "hal")
+    needs_mask = opts.task == "video2world"
+    cfg = transformer.config
+    if needs_mask != (cfg.in_channels == cfg.out_channels + 1):
+        kind = "Video2World (in_channels = out_channels + 1)" if needs_mask else "Text2Image (in_channels = out_channels)"
+        raise InferenceInputError(
+            f"--model {model}: the DiT has in_channels={cfg.in_channels}, out_channels={cfg.out_channels}, "
+            f"but {opts.task} needs a {kind} model"
+        )
+    transformer.eval().requires_grad_(False)
+    return transformer
+
+
+def _text_encoder_dirs(path: Path) -> tuple[Path, Path]:
+    """(encoder folder, tokenizer folder) inside a T5 folder or a pipeline-like folder."""
+    enc = path / "text_encoder" if (path / "text_encoder").is_dir() else path
+    tok = path / "tokenizer" if (path / "tokenizer").is_dir() else enc
+    if not (enc / "config.json").is_file():
+        raise InferenceInputError(
+            f"--text_encoder_path {path}: no config.json in it or in {path / 'text_encoder'}; give a "
+            "T5 encoder folder (e.g. google-t5/t5-11b saved with save_pretrained) with its tokenizer"
+        )
+    return enc, tok
+
+
+def load_text_encoder(path: Path, dtype):
+    from transformers import AutoTokenizer, T5EncoderModel
+
+    enc, tok = _text_encoder_dirs(path)
+    return T5EncoderModel.from_pretrained(enc, dtype=dtype), AutoTokenizer.from_pretrained(tok)
+
+
+def default_scheduler():
+    """Cosmos-Predict2's sampler, as diffusers' conversion script saves it (the pipelines add
+    sigma_max 80, sigma_min 0.002, sigma_data 1 to its config)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
+
+
+def use_posterior_mean(vae) -> None:
+    """Make ``vae.encode`` return a posterior whose ``sample()`` is its mean.
+
+    Cosmos2VideoToWorldPipeline samples the conditioning latents from the VAE posterior
+    with the device generator (different numbers per backend); upstream cosmos-predict2 and
+    cosmos_hal training use the mean. The mean makes the conditioning deterministic and the
+    same on every backend."""
+    if getattr(vae, "_cosmos_hal_mean_encode", False):
+        return
+    encode = vae.encode
+
+    def encode_mean(x, return_dict: bool = True):
+        out = encode(x, return_dict=True)
+        dist = out.latent_dist
+        dist.sample = lambda generator=None: dist.mode()
+        return out if return_dict else (dist,)
+
+    vae.encode = encode_mean
+    vae._cosmos_hal_mean_encode = True
+
+
+def load_pipeline(opts: LoadOptions, backend=None):
+    """A ready pipeline: components in ``opts.dtype`` on ``backend``'s device (or offloaded)."""
+    from cosmos_hal.backend import current
+
+    backend = backend or current()
+    model = checks.check_model_source(opts.model, opts.vae_path, opts.text_encoder_path)
+    dtype = resolve_dtype(opts.dtype, backend)
+    device = backend.device(0)
+    name = pipeline_class_name(model, opts.task)
+    cls = _pipeline_class(name)
+    checker = guardrail.safety_checker(opts.guardrail)
+    place = torch.device("cpu") if opts.offload else device
+
+    transformer = build_dit(opts, model, dtype, place)
+    components = {"transformer": transformer, "safety_checker": checker}
+    if opts.vae_path is not None:
+        from cosmos_hal.models.vae import build_vae
+
+        try:
+            components["vae"] = build_vae(opts.vae_path, dtype=dtype)
+        except FileNotFoundError as exc:
+            raise InferenceInputError(f"--vae_path: {exc}") from None
+    if opts.text_encoder_path is not None:
+        components["text_encoder"], components["tokenizer"] = load_text_encoder(Path(opts.text_encoder_path), dtype)
+
+    if model.is_file():
+        components.setdefault("scheduler", default_scheduler())
+        pipe = cls(**components)
+    else:
+        pipe = cls.from_pretrained(model, dtype=dtype, **components)
+    pipe.vae.eval().requires_grad_(False)
+    pipe.text_encoder.eval().requires_grad_(False)
+    use_posterior_mean(pipe.vae)
+    if not opts.fps_scaling:
+        rope_fps.disable_fps_scaling(pipe.transformer)
+
+    if opts.offload and backend.name != "cpu":
+        place_offloaded(pipe, device)
+    else:
+        if opts.offload:
+            log.info("--offload has no effect on the CPU backend")
+        pipe.to(device)
+    pipe.cosmos_hal_backend = backend
+    return pipe
+
+
+def place_offloaded(pipe, device) -> None:
+    """diffusers' model CPU offload: each of text encoder, DiT and VAE sits on the device only
+    while it runs (needs the accelerate package)."""
+    if importlib.util.find_spec("accelerate") is None:
+        raise InferenceInputError("--offload needs the accelerate package: pip install accelerate")
+    pipe.enable_model_cpu_offload(device=device)

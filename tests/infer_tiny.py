@@ -1,0 +1,73 @@
+"""A tiny Cosmos2 pipeline folder built offline, for the inference tests (and bench smoke).
+
+Tiny DiT from the models presets, tiny Wan VAE, a one-layer T5 encoder with a word-level
+tokenizer built from a fixed vocabulary (no download), FlowMatchEulerDiscreteScheduler as
+diffusers' conversion script configures it for Predict2. Saved with save_pretrained, so the
+CLI loads it like a real nvidia/Cosmos-Predict2 download.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+WORDS = ("a robot arm picks up the red cube and places it in box green ball table moves slowly "
+         "camera static blurry ugly bad video").split()
+TEXT_MAX_LENGTH = 16  # tokens; the pipelines pad prompts to max_sequence_length=512 anyway
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def build_text_encoder(d_model: int, vocab_size: int):
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(0)  # test fixture only; the model's values do not shape any loss
+    cfg = T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=16, d_ff=2 * d_model, num_layers=1, num_heads=2)
+    return T5EncoderModel(cfg).eval()
+
+
+def save_tiny_pipeline(folder, task: str = "video2world") -> Path:
+    """Write a tiny Cosmos2 pipeline (``task``: video2world or text2image) to ``folder``."""
+    from diffusers import Cosmos2TextToImagePipeline, Cosmos2VideoToWorldPipeline, FlowMatchEulerDiscreteScheduler
+
+    from cosmos_hal.infer.guardrail import PassThroughSafetyChecker
+    from cosmos_hal.models.dit import build_transformer
+    from cosmos_hal.models.presets import get_preset
+    from cosmos_hal.models.vae import build_vae
+
+    preset = "tiny" if task == "video2world" else "tiny-t2i"
+    transformer = build_transformer(preset, init_seed=1, install_hal_processor=False)
+    vae = build_vae("tiny", init_seed=2)
+    tokenizer = build_tokenizer()
+    text_encoder = build_text_encoder(get_preset(preset).text_embed_dim, len(tokenizer))
+    cls = Cosmos2VideoToWorldPipeline if task == "video2world" else Cosmos2TextToImagePipeline
+    pipe = cls(text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer, vae=vae,
+               scheduler=FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True),
+               safety_checker=PassThroughSafetyChecker())
+    folder = Path(folder)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def write_image(path, height: int = 32, width: int = 48, seed: int = 0) -> Path:
+    """A smooth synthetic RGB image (gradients plus a square), deterministic."""
+    import numpy as np
+
+    from cosmos_hal.data.video_io import write_image as _write
+
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1), (x + y + 40 * seed) % 256], -1)
+    img[height // 4 : height // 2, width // 4 : width // 2] = (200, 30, 60)
+    return _write(path, img.astype(np.uint8))
