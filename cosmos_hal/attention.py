@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import math as _math
 import os
+import sys
+import types
 from dataclasses import dataclass
 from typing import Callable
 
@@ -220,7 +222,6 @@ def _sdpa_backends():
     return [table[pinned]]
 
 
-@registry.register(OP, "sdpa", ranks={"cuda": 0, "cpu": 0, "npu": 1})
 def sdpa_attention(call: AttentionCall) -> torch.Tensor:
     """torch scaled_dot_product_attention (cuDNN > flash > memory-efficient > math)."""
     from torch.nn.attention import sdpa_kernel
@@ -237,7 +238,6 @@ def sdpa_attention(call: AttentionCall) -> torch.Tensor:
 
 
 # -- explicit math -------------------------------------------------------------------------
-@registry.register(OP, "math", ranks={"cuda": 9, "cpu": 1, "npu": 9})
 def math_attention(call: AttentionCall) -> torch.Tensor:
     """Explicit softmax(q k^T * scale + mask) v in float32 (any device; slow, O(S^2) memory)."""
     acc = torch.promote_types(call.q.dtype, torch.float32)
@@ -256,3 +256,15 @@ def math_attention(call: AttentionCall) -> torch.Tensor:
     if call.dropout_p:
         probs = F.dropout(probs, p=call.dropout_p)
     return from_bnsd(torch.matmul(probs, v).to(call.q.dtype), call.layout)
+
+
+class _CallableModule(types.ModuleType):
+    """``cosmos_hal.attention(q, k, v)`` keeps working once this module is imported: the
+    import replaces the package's ``attention`` function with the module, so the module
+    itself forwards calls to :func:`attention`."""
+
+    def __call__(self, *args, **kwargs):
+        return attention(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

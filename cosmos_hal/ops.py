@@ -86,7 +86,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
     return _dispatch("rms_norm", x, weight, eps).fn(x, weight, eps)
 
 
-@registry.register("rms_norm", "torch", ranks={"cuda": 1, "cpu": 0, "npu": 1})
 def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """torch F.rms_norm computed in float32, rounded once."""
     w = None if weight is None else weight.to(x.dtype).float()
@@ -116,7 +115,6 @@ def rope_table_shape(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
     return (1, s, 1, d) if layout == "BSND" else (1, 1, s, d)
 
 
-@registry.register("rope", "torch", ranks={"cuda": 0, "cpu": 0, "npu": 1})
 def torch_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:
     """x*cos + rotate_half(x)*sin in float32, rounded once (any device)."""
     shape = rope_table_shape(x, layout)
@@ -160,13 +158,11 @@ def param_dtypes(params: list) -> set[torch.dtype]:
     return {p.dtype for p in param_tensors(params)}
 
 
-@registry.register("adamw", "torch_fused", ranks={"cuda": 0})
 def torch_fused_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Optimizer:
     """torch.optim.AdamW(fused=True): one multi-tensor kernel per step."""
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
 
 
-@registry.register("adamw", "torch_foreach", ranks={"cuda": 2, "cpu": 0, "npu": 2})
 def torch_foreach_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Optimizer:
     """torch.optim.AdamW(foreach=True): portable, horizontally batched."""
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)

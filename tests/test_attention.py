@@ -285,3 +285,12 @@ def test_cuda_attention_path_never_synchronises_the_host(mask_kind):
 def test_cpu_machine_never_picks_a_gpu_kernel():
     q, k, v, _ = make_inputs("self_odd", None, torch.bfloat16, "BSND", seed=25)
     assert select_kernel(make_call(q, k, v)).name in ("sdpa", "math")
+
+
+def test_cosmos_hal_attention_is_callable_as_documented():
+    """`cosmos_hal.attention(q, k, v)` works although the submodule of that name is loaded."""
+    import cosmos_hal
+    import cosmos_hal.attention  # noqa: F401  (replaces the package attribute with the module)
+
+    q, k, v, mask = make_inputs("self_odd", "bool_keys", torch.float32, "BSND", seed=26)
+    assert rel_err(cosmos_hal.attention(q, k, v, mask=mask), attention_f64(q, k, v, mask=mask)) < 1e-5
