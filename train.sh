@@ -1,7 +1,120 @@
 #!/usr/bin/env bash
-# Placeholder until the training core lands: shows what the launcher will do.
+# cosmos-hal launcher: one command line for NVIDIA GPUs, Ascend NPUs and CPUs (torchrun underneath).
+usage() {
+    cat <<'USAGE'
+usage: bash train.sh [--EXP=<experiment>] [--nproc_per_node=N] [--nnodes=N] [--node_rank=R]
+                     [--master_addr=HOST] [--master_port=PORT] [--hccl_if_ip=IP]
+                     [--backend=cpu|cuda|npu] [key=value ...]
+
+  --EXP             experiment name (default tiny_video2world_synthetic; --list shows all)
+  --nproc_per_node  processes on this node (default: the backend's device count; 1 on a CPU)
+  --nnodes          number of nodes (default 1)
+  --node_rank       this node's rank, 0..nnodes-1 (default 0)
+  --master_addr     address of node 0 (default 127.0.0.1)
+  --master_port     port on node 0 (default: a free port when nnodes=1, else 29500)
+  --hccl_if_ip      this node's IP for HCCL (Ascend; each node passes its own)
+  --backend         force a backend instead of auto-detection (also COSMOS_HAL_BACKEND)
+  --list            print the experiment names and exit
+  key=value         experiment overrides, nested with dots: max_iter=20 optim.lr=1e-4
+                    output_dir=/path model_path=/weights dataset_path=/data parity=true
+
+With no arguments it trains the tiny default on whatever hardware there is.
+Logs, metrics.jsonl and checkpoints go to output/<EXP>/ (or output_dir=); a run resumes from
+the latest checkpoint there. Examples:
+  bash train.sh
+  bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets --nproc_per_node=8 \
+      model_path=checkpoints/nvidia/Cosmos-Predict2-2B-Video2World dataset_path=datasets/cosmos_nemo_assets
+  # two nodes (run on each, with its own --node_rank and --hccl_if_ip):
+  bash train.sh --EXP=... --nnodes=2 --node_rank=0 --master_addr=10.0.0.1 --master_port=29500 --hccl_if_ip=10.0.0.1
+USAGE
+}
+
 set -euo pipefail
 cd "$(dirname "$0")"
+
+EXP=""
+NPROC=""
+NNODES=1
+NODE_RANK=0
+MASTER_ADDR=127.0.0.1
+MASTER_PORT=""
+HCCL_IF_IP=""
+BACKEND="${COSMOS_HAL_BACKEND:-}"
+LIST=0
+PARITY=0
+OVERRIDES=()
+
+bad() { echo "train.sh: $1" >&2; usage >&2; exit 2; }
+need_int() { [[ "$2" =~ ^[0-9]+$ ]] || bad "$1 must be a non-negative integer, got '$2'"; }
+
+for arg in "$@"; do
+    case "$arg" in
+        -h|--help) usage; exit 0 ;;
+        --list) LIST=1 ;;
+        --EXP=*|--exp=*) EXP="${arg#*=}" ;;
+        --nproc_per_node=*) NPROC="${arg#*=}"; need_int --nproc_per_node "$NPROC" ;;
+        --nnodes=*) NNODES="${arg#*=}"; need_int --nnodes "$NNODES" ;;
+        --node_rank=*) NODE_RANK="${arg#*=}"; need_int --node_rank "$NODE_RANK" ;;
+        --master_addr=*) MASTER_ADDR="${arg#*=}" ;;
+        --master_port=*) MASTER_PORT="${arg#*=}"; need_int --master_port "$MASTER_PORT" ;;
+        --hccl_if_ip=*) HCCL_IF_IP="${arg#*=}" ;;
+        --backend=*) BACKEND="${arg#*=}" ;;
+        -*) bad "unknown option '$arg'" ;;
+        *=*) OVERRIDES+=("$arg")
+             case "${arg,,}" in parity=true|parity=1|parity=yes|parity=on) PARITY=1 ;; esac ;;
+        *) bad "unexpected argument '$arg' (options are --name=value, overrides key=value)" ;;
+    esac
+done
+[[ "$NNODES" -ge 1 ]] || bad "--nnodes must be at least 1"
+[[ "$NODE_RANK" -lt "$NNODES" ]] || bad "--node_rank=$NODE_RANK must be below --nnodes=$NNODES"
+[[ -z "$NPROC" || "$NPROC" -ge 1 ]] || bad "--nproc_per_node must be at least 1"
+case "$BACKEND" in ""|cpu|cuda|npu) ;; *) bad "--backend must be cpu, cuda or npu, got '$BACKEND'" ;; esac
+
+# Ascend: CANN's environment must be in place before Python imports torch_npu.
+if [[ "$BACKEND" == "npu" || ( -z "$BACKEND" && ( -d /usr/local/Ascend || -n "${ASCEND_TOOLKIT_HOME:-}" ) ) ]]; then
+    for f in "${ASCEND_TOOLKIT_HOME:+$ASCEND_TOOLKIT_HOME/set_env.sh}" "${ASCEND_TOOLKIT_HOME:+$ASCEND_TOOLKIT_HOME/../set_env.sh}" \
+             /usr/local/Ascend/ascend-toolkit/set_env.sh; do
+        if [[ -n "$f" && -f "$f" ]]; then
+            set +u; source "$f"; set -u
+            echo "[train.sh] sourced $f" >&2
+            break
+        fi
+    done
+fi
+
 source tools/setup_env.sh
-"$PYTHON" -m cosmos_hal info
-echo "train.sh: the training core is not in this revision yet; see the open issues."
+
+if [[ "$LIST" == 1 ]]; then exec "$PYTHON" -m cosmos_hal train --list; fi
+EXP="${EXP:-tiny_video2world_synthetic}"
+
+# Validate the experiment and overrides before starting any process; learn the output dir.
+OUT_DIR="$("$PYTHON" -m cosmos_hal train --check --EXP="$EXP" "${OVERRIDES[@]}")" || { usage >&2; exit 2; }
+
+if [[ -z "$BACKEND" ]]; then
+    BACKEND="$("$PYTHON" -c 'from cosmos_hal.backend import select; print(select()[0].name)')"
+fi
+if [[ -z "$NPROC" ]]; then
+    if [[ "$BACKEND" == cpu ]]; then NPROC=1; else
+        NPROC="$("$PYTHON" -c "from cosmos_hal.backend import get_backend; print(max(1, get_backend('$BACKEND').device_count()))")"
+    fi
+fi
+
+ENV_ARGS=(--backend="$BACKEND" --nproc_per_node="$NPROC" --nnodes="$NNODES")
+[[ -n "$HCCL_IF_IP" ]] && ENV_ARGS+=(--hccl_if_ip="$HCCL_IF_IP")
+[[ "$PARITY" == 1 ]] && ENV_ARGS+=(--parity)
+LAUNCH_ENV="$("$PYTHON" -m cosmos_hal launch-env "${ENV_ARGS[@]}")"
+eval "$LAUNCH_ENV"
+
+RUN=(--nproc_per_node="$NPROC" --nnodes="$NNODES" --node_rank="$NODE_RANK")
+if [[ "$NNODES" == 1 && -z "$MASTER_PORT" ]]; then
+    RUN+=(--standalone)
+else
+    RUN+=(--master_addr="$MASTER_ADDR" --master_port="${MASTER_PORT:-29500}")
+fi
+
+mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/train_node${NODE_RANK}.log"
+echo "[train.sh] $EXP on $BACKEND: $NNODES node(s) x $NPROC process(es), node_rank $NODE_RANK; log $LOG" >&2
+set -o pipefail
+"$PYTHON" -m torch.distributed.run "${RUN[@]}" -m cosmos_hal train --EXP="$EXP" --backend="$BACKEND" \
+    "${OVERRIDES[@]}" 2>&1 | tee -a "$LOG"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cosmos_hal.backend import BackendUnavailableError
+from cosmos_hal.backend import BACKEND_MODULES, BackendUnavailableError
 
 
 def _add_backend_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=["cpu", "cuda", "npu"], default=None,
+    p.add_argument("--backend", choices=list(BACKEND_MODULES), default=None,
                    help="use this backend instead of auto-detection (also COSMOS_HAL_BACKEND)")
 
 
@@ -30,7 +30,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nnodes", type=int, default=1)
     p.add_argument("--hccl_if_ip", default=None)
     p.add_argument("--parity", action="store_true")
+
+    p = sub.add_parser("train", help="train an experiment (train.sh runs this under torchrun)",
+                       description="Train an experiment. Overrides are key=value (nested with dots, "
+                                   "e.g. optim.lr=1e-4 max_iter=20 output_dir=/tmp/run).")
+    _add_backend_flag(p)
+    p.add_argument("--EXP", "--exp", dest="exp", default=None,
+                   help="experiment name (default: tiny_video2world_synthetic); --list shows all")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--check", action="store_true",
+                   help="only validate the experiment and overrides; print its output directory")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="experiment overrides")
     return parser
+
+
+def _train(args) -> int:
+    from cosmos_hal.train import experiments
+
+    if args.list:
+        for name in experiments.names():
+            print(name)
+        return 0
+    try:
+        exp = experiments.get(args.exp or experiments.DEFAULT_EXPERIMENT, args.overrides)
+    except experiments.ExperimentError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(exp.resolved_output_dir())
+        return 0
+    if args.backend:
+        from cosmos_hal.backend import use
+
+        use(args.backend)
+    from cosmos_hal.train.trainer import train
+
+    train(exp)
+    return 0
 
 
 def _launch_env(args) -> int:
@@ -55,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
             return info.main(args)
         if args.command == "launch-env":
             return _launch_env(args)
+        if args.command == "train":
+            return _train(args)
     except BackendUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

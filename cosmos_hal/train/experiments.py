@@ -318,12 +318,12 @@ def predict2_video2world_training_14b_cosmos_nemo_assets() -> Experiment:
 
 @register
 def predict2_text2image_training_2b_cosmos_nemo_assets() -> Experiment:
-    return _nemo_image("predict2-t2i-2b", lr=2**-15, f_max=0.17, weight_decay=0.1)
+    return _nemo_image("predict2-2b-t2i", lr=2**-15, f_max=0.17, weight_decay=0.1)
 
 
 @register
 def predict2_text2image_training_14b_cosmos_nemo_assets() -> Experiment:
-    return _nemo_image("predict2-t2i-14b", lr=2**-14.5, f_max=0.4, weight_decay=0.2)
+    return _nemo_image("predict2-14b-t2i", lr=2**-14.5, f_max=0.4, weight_decay=0.2)
 
 
 # cosmos_nemo_assets_lora.py: rank/alpha 16 (2B) and 32 (14B), save every 200 iterations.
@@ -384,13 +384,13 @@ def predict25_video2world_dora_rank32_gr1() -> Experiment:
 def _tiny(task: str) -> Experiment:
     video = task == "video2world"
     return Experiment(
-        task=task, preset="tiny", max_iter=60, save_iter=30, logging_iter=5, keep_last=2,
-        batch_size=2, precision="fp32", parallelism="ddp", activation_checkpointing=False,
+        task=task, preset="tiny" if video else "tiny-t2i", max_iter=60, save_iter=30, logging_iter=5, keep_last=2,
+        batch_size=4, precision="fp32", parallelism="ddp", activation_checkpointing=False,
         optim=OptimConfig(lr=2e-3, weight_decay=0.1),
         schedule=ScheduleConfig(warmup_steps=5, f_start=0.1, f_max=1.0, f_min=0.1),
         loss=LossConfig(high_sigma_ratio=0.05 if video else 0.0, text_dropout=0.2),
         data=DataConfig(num_frames=9 if video else 1, height=32, width=32, layout="nemo" if video else "image",
-                        num_workers=0, synthetic=True, synthetic_videos=8, latent_cache=False),
+                        num_workers=0, synthetic=True, synthetic_videos=8, latent_cache=True),
     )
 
 

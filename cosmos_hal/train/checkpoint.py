@@ -1,0 +1,209 @@
+"""Checkpoints: atomic, keep-last-N, everything a bit-exact resume needs.
+
+Layout (``<output_dir>/checkpoints/``)::
+
+    iter_000000500/model.pt        {"net": weights, "ema": EMA shadows + buffers}   (rank 0)
+    iter_000000500/optim.pt        {"optimizer": ..., "scheduler": ...}           (rank 0)
+    iter_000000500/trainer.pt      {"iteration", "world_size", "experiment"}       (rank 0)
+    iter_000000500/rank_00003.pt   {"rng": rng.capture_state(), "loader": loader.state_dict()}
+    latest_checkpoint.txt          "iter_000000500"
+
+Atomic: every file goes into ``iter_....tmp`` first; rank 0 renames the folder once all
+ranks have written, then rewrites latest_checkpoint.txt through a temporary name. A crash
+leaves at worst a stale ``.tmp`` folder, never a half checkpoint that resume would pick.
+
+FSDP2: weights and optimizer state are gathered into full (unsharded) state dicts with
+torch.distributed.checkpoint.state_dict (``full_state_dict=True, cpu_offload=True``), so a
+checkpoint is one ordinary torch file that loads at any world size and into inference. On
+resume every rank reads the files (the output directory must be on a shared file system
+for multi-node runs) and keeps its shard. With LoRA/DoRA only the trainable (adapter)
+weights are stored; the frozen base comes from ``model_path`` or the seeded init again.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import torch
+from torch import nn
+
+from cosmos_hal import dist, rng
+
+LATEST = "latest_checkpoint.txt"
+_ITER_DIR = re.compile(r"^iter_(\d{9})$")
+
+
+def _is_dtensor(t) -> bool:
+    return hasattr(t, "full_tensor") and hasattr(t, "device_mesh")
+
+
+def is_sharded(model: nn.Module) -> bool:
+    return any(_is_dtensor(p) for p in model.parameters())
+
+
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def model_state(model: nn.Module, trainable_only: bool) -> dict:
+    """Full weights on rank 0 (a collective under FSDP: call on every rank)."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+        sd = get_model_state_dict(model, options=_options(cpu_offload=True))
+    else:
+        sd = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    if trainable_only:
+        keep = {n for n, p in model.named_parameters() if p.requires_grad}
+        sd = {k: v for k, v in sd.items() if k in keep}
+    return sd
+
+
+def load_model_state(model: nn.Module, sd: dict, trainable_only: bool) -> None:
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+        result = set_model_state_dict(model, sd, options=_options(strict=not trainable_only))
+    else:
+        result = model.load_state_dict(sd, strict=not trainable_only)
+    missing = [k for k in getattr(result, "missing_keys", [])
+               if k in {n for n, p in model.named_parameters() if p.requires_grad}]
+    if missing or getattr(result, "unexpected_keys", []):
+        raise KeyError(f"checkpoint weights do not fit the model: missing trainable {missing[:10]}, "
+                       f"unexpected {list(result.unexpected_keys)[:10]}")
+
+
+def optimizer_state(model: nn.Module, optimizer) -> dict:
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+    return optimizer.state_dict()
+
+
+def load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=_options())
+    else:
+        optimizer.load_state_dict(state)
+
+
+def ema_state(ema) -> dict | None:
+    """EMA shadows as full CPU tensors (gathers DTensor shards: call on every rank)."""
+    if ema is None:
+        return None
+    state = ema.state_dict()
+    state["shadow"] = {k: (v.full_tensor() if _is_dtensor(v) else v).detach().to("cpu", copy=True)
+                       for k, v in state["shadow"].items()}
+    state["buffers"] = {k: v.detach().to("cpu", copy=True) for k, v in state["buffers"].items()}
+    return state
+
+
+def load_ema_state(ema, state: dict) -> None:
+    from torch.distributed.tensor import distribute_tensor
+
+    shadow = {}
+    for name, full in state["shadow"].items():
+        live = ema.shadow.get(name)
+        if live is not None and _is_dtensor(live):
+            full = distribute_tensor(full.to(live.device_mesh.device_type), live.device_mesh, live.placements)
+        shadow[name] = full
+    ema.load_state_dict({**state, "shadow": shadow})
+
+
+def ema_weights(checkpoint_dir: str) -> dict[str, torch.Tensor]:
+    """The EMA weights of a checkpoint folder as a state dict, for inference
+    (``build_transformer(preset, weights=ema_weights(dir))`` for a full fine-tune)."""
+    state = torch.load(os.path.join(checkpoint_dir, "model.pt"), map_location="cpu", weights_only=False)
+    if not state.get("ema"):
+        raise KeyError(f"{checkpoint_dir}/model.pt holds no EMA weights (the run had ema.enabled=false)")
+    return {**state["ema"]["shadow"], **state["ema"]["buffers"]}
+
+
+# -- folders --------------------------------------------------------------------------------
+
+
+def iteration_dirs(root: str) -> list[str]:
+    if not os.path.isdir(root):
+        return []
+    return sorted(d for d in os.listdir(root) if _ITER_DIR.match(d))
+
+
+def latest(root: str) -> str | None:
+    """The newest complete checkpoint folder under ``root``, or None."""
+    marker = os.path.join(root, LATEST)
+    if os.path.isfile(marker):
+        name = open(marker, encoding="utf-8").read().strip()
+        if name and os.path.isdir(os.path.join(root, name)):
+            return os.path.join(root, name)
+    dirs = iteration_dirs(root)
+    return os.path.join(root, dirs[-1]) if dirs else None
+
+
+def _write_text_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text + "\n")
+    os.replace(tmp, path)
+
+
+def save(root: str, iteration: int, *, model, optimizer, scheduler, ema, loader, experiment: dict,
+         trainable_only: bool, keep_last: int) -> str:
+    """Write checkpoint ``iteration`` (collective: every rank calls it). Returns the folder."""
+    w = dist.world()
+    name = f"iter_{iteration:09d}"
+    final = os.path.join(root, name)
+    tmp = final + ".tmp"
+    if w.is_main:
+        os.makedirs(root, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    dist.barrier()
+    net = model_state(model, trainable_only)
+    ema_sd = ema_state(ema)
+    optim = optimizer_state(model, optimizer)
+    torch.save({"rng": rng.capture_state(), "loader": loader.state_dict(), "rank": w.rank},
+               os.path.join(tmp, f"rank_{w.rank:05d}.pt"))
+    if w.is_main:
+        torch.save({"net": net, "ema": ema_sd, "trainable_only": trainable_only}, os.path.join(tmp, "model.pt"))
+        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, os.path.join(tmp, "optim.pt"))
+        torch.save({"iteration": iteration, "world_size": w.world_size, "experiment": experiment},
+                   os.path.join(tmp, "trainer.pt"))
+    dist.barrier()
+    if w.is_main:
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _write_text_atomic(os.path.join(root, LATEST), name)
+        for old in iteration_dirs(root)[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    dist.barrier()
+    return final
+
+
+def restore(path: str, *, model, optimizer, scheduler, ema, loader) -> int:
+    """Load checkpoint folder ``path`` into the live objects; returns its iteration."""
+    w = dist.world()
+    trainer = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=False)
+    if trainer["world_size"] != w.world_size:
+        raise RuntimeError(f"{path} was written by {trainer['world_size']} processes, this run has {w.world_size}: "
+                           "resume with the same world size, or start a new output_dir")
+    state = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=False)
+    load_model_state(model, state["net"], state["trainable_only"])
+    if ema is not None:
+        if not state.get("ema"):
+            raise KeyError(f"{path}/model.pt holds no EMA weights but this run has ema.enabled=true")
+        load_ema_state(ema, state["ema"])
+    opt = torch.load(os.path.join(path, "optim.pt"), map_location="cpu", weights_only=False)
+    load_optimizer_state(model, optimizer, opt["optimizer"])
+    scheduler.load_state_dict(opt["scheduler"])
+    mine = torch.load(os.path.join(path, f"rank_{w.rank:05d}.pt"), map_location="cpu", weights_only=False)
+    loader.load_state_dict(mine["loader"])
+    rng.restore_state(mine["rng"])
+    return int(trainer["iteration"])

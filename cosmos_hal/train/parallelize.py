@@ -1,0 +1,75 @@
+"""Parallelism and memory techniques, one small function each, applied in this order:
+apply_ac -> apply_compile -> apply_fsdp | apply_ddp (the torchtitan pattern).
+
+Why separate functions: each can be switched by an experiment field and tested alone, and
+none of them names a vendor: the device and collective come from cosmos_hal.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    blocks = getattr(model, "transformer_blocks", None)
+    if blocks is None:
+        raise AttributeError(f"{type(model).__name__} has no transformer_blocks; cannot shard or checkpoint by block")
+    return list(blocks)
+
+
+def apply_ac(model: nn.Module) -> nn.Module:
+    """Activation checkpointing of every transformer block (diffusers' non-reentrant
+    torch.utils.checkpoint): activations are recomputed in backward instead of stored."""
+    model.enable_gradient_checkpointing()
+    return model
+
+
+def apply_compile(model: nn.Module) -> nn.Module:
+    """torch.compile each transformer block (blocks share one graph; compile time stays small)."""
+    for block in transformer_blocks(model):
+        block.compile()
+    return model
+
+
+def apply_fsdp(model: nn.Module, *, reshard_after_forward: bool = True) -> nn.Module:
+    """FSDP2: shard each block, then the root. Parameters stay fp32 (autocast computes in bf16)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in transformer_blocks(model):
+        fully_shard(block, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, reshard_after_forward=reshard_after_forward)
+    return model
+
+
+def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel; ``device_ids`` only for accelerators (a CPU module takes none)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = None if device.type == "cpu" else [device.index if device.index is not None else 0]
+    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def parallelize(model: nn.Module, exp, world) -> tuple[nn.Module, nn.Module]:
+    """Apply the experiment's techniques; returns (module to call, module that owns the weights)."""
+    if exp.activation_checkpointing:
+        apply_ac(model)
+    if exp.compile:
+        apply_compile(model)
+    if world.world_size > 1 and exp.parallelism == "fsdp":
+        apply_fsdp(model)
+        return model, model
+    if world.world_size > 1:
+        return apply_ddp(model, world.device), model
+    return model, model
+
+
+def set_grad_sync(wrapper: nn.Module, enabled: bool):
+    """Context manager that skips the gradient all-reduce on accumulation micro-steps."""
+    import contextlib
+
+    if hasattr(wrapper, "no_sync") and not enabled:
+        return wrapper.no_sync()
+    if hasattr(wrapper, "set_requires_gradient_sync"):
+        wrapper.set_requires_gradient_sync(enabled)
+    return contextlib.nullcontext()

@@ -1,0 +1,277 @@
+"""The training loop: a plain loop in the torchtitan style.
+
+build (model, VAE, adapters, EMA) -> parallelize (AC, compile, FSDP2/DDP) -> optimizer and
+schedule -> data -> resume -> for each iteration: grad_accum micro-steps of
+(latents, draws, loss, backward), clip, step, EMA, log, checkpoint.
+
+Nothing here names a vendor: the device, autocast type, collectives, RNG and the fused
+AdamW all come from cosmos_hal (backend, dist, rng, ops).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+import cosmos_hal.backend as _backend
+from cosmos_hal import dist, rng
+from cosmos_hal.train import checkpoint as ckpt
+from cosmos_hal.train import loss as losses
+from cosmos_hal.train.ema import PowerEMA
+from cosmos_hal.train.experiments import Experiment, describe
+from cosmos_hal.train.metrics import MetricsLogger
+from cosmos_hal.train.parallelize import parallelize, set_grad_sync
+from cosmos_hal.train.schedule import build_scheduler
+
+log = logging.getLogger("cosmos_hal.train")
+
+
+# -- building blocks --------------------------------------------------------------------------
+
+
+def synthetic_dataset_dir(exp: Experiment, text_embed_dim: int) -> Path:
+    """Where the tiny experiments' generated dataset lives (built once, atomically)."""
+    d = exp.data
+    tag = f"{d.layout}_{d.synthetic_videos}x{d.num_frames}x{d.height}x{d.width}_d{text_embed_dim}_s{exp.seed}"
+    return Path(exp.resolved_output_dir()) / "synthetic_data" / tag
+
+
+def ensure_synthetic_dataset(exp: Experiment, text_embed_dim: int, num_tokens: int) -> Path:
+    """Build the synthetic dataset on the first process of each node; others wait."""
+    from cosmos_hal.data.synthetic import make_synthetic_dataset
+
+    root = synthetic_dataset_dir(exp, text_embed_dim)
+    w = dist.world()
+    if w.local_rank == 0 and not (root / ".complete").exists():
+        tmp = root.with_name(root.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_synthetic_dataset(tmp, layout=exp.data.layout, num_videos=exp.data.synthetic_videos,
+                               num_frames=exp.data.num_frames, height=exp.data.height, width=exp.data.width,
+                               fps=exp.data.fps, text_embed_dim=text_embed_dim, num_tokens=num_tokens,
+                               seed=exp.seed)
+        (tmp / ".complete").write_text("ok\n")
+        try:
+            os.replace(tmp, root)
+        except OSError:  # another node on a shared file system finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+    dist.barrier()
+    return root
+
+
+def build_model(exp: Experiment, device):
+    """The DiT in fp32 (the master weights), with LoRA/DoRA adapters when asked."""
+    from cosmos_hal.models.dit import build_transformer
+
+    weights = exp.model_path or None
+    model = build_transformer(exp.preset, weights=weights, dtype=torch.float32, device=device, init_seed=exp.seed)
+    preset = model.cosmos_hal_preset
+    if exp.task == "video2world" and not preset.has_condition_mask:
+        raise ValueError(f"preset {exp.preset!r} is a text2image DiT (no condition-mask channel); "
+                         f"task=video2world needs a video2world preset")
+    if exp.lora.kind != "none":
+        from cosmos_hal.models import lora
+
+        model.requires_grad_(False)
+        lora.apply_lora(model, rank=exp.lora.rank, alpha=exp.lora.alpha,
+                        target_modules=[m.strip() for m in exp.lora.target_modules.split(",") if m.strip()],
+                        use_dora=exp.lora.kind == "dora")
+    model.train()
+    return model, preset
+
+
+def build_vae_for(exp: Experiment, device):
+    from cosmos_hal.models.vae import build_vae
+
+    dtype = torch.bfloat16 if exp.precision == "bf16" else torch.float32
+    return build_vae(exp.vae_path or ("tiny" if exp.preset.startswith("tiny") else "wan2.1"),
+                     dtype=dtype, device=device, init_seed=exp.seed)
+
+
+def build_data(exp: Experiment, preset, world):
+    from cosmos_hal.data.datasets import build_dataset
+    from cosmos_hal.data.loader import build_loader
+
+    if exp.data.synthetic and not exp.dataset_path:
+        root = ensure_synthetic_dataset(exp, preset.context_dim, preset.text_max_length)
+    elif exp.dataset_path:
+        root = Path(exp.dataset_path)
+    else:
+        raise ValueError(f"experiment {exp.name} needs dataset_path=<folder> (videos/, metas/, t5_xxl/ "
+                         f"as NVIDIA's cosmos_nemo_assets; images/ for text2image)")
+    cache = os.path.join(exp.resolved_output_dir(), "latent_cache") if exp.data.latent_cache else None
+    dataset = build_dataset(root, num_frames=exp.data.num_frames, resolution=(exp.data.height, exp.data.width),
+                            layout=exp.data.layout, seed=exp.seed, skip_bad_samples=exp.data.skip_bad_samples,
+                            latent_cache=cache, text_embed_dim=preset.context_dim,
+                            num_tokens=preset.text_max_length)
+    loader = build_loader(dataset, batch_size=exp.batch_size, seed=exp.seed, rank=world.rank,
+                          world_size=world.world_size, num_workers=exp.data.num_workers,
+                          skip_bad_samples=exp.data.skip_bad_samples, shuffle=not exp.parity)
+    return dataset, loader
+
+
+def latents_of(batch: dict, vae, dataset, device) -> torch.Tensor:
+    """Normalised latents: from the loader's cached raw latents when present, else from the VAE
+    (then stored in the cache). Both paths normalise the same stored fp32 raw latents, so a
+    run gives bit-identical inputs whether or not an entry was cached yet."""
+    from cosmos_hal.models.vae import denormalize_latents, encode_video, normalize_latents
+
+    if "latents" in batch:
+        return normalize_latents(vae, batch["latents"].to(device=device, dtype=torch.float32))
+    latents = encode_video(vae, batch["video"].to(device)).float()
+    cache = getattr(dataset, "latent_cache", None)
+    if cache is None:
+        return latents
+    raw = denormalize_latents(vae, latents)
+    h, w = batch["video"].shape[-2:]
+    for i, path in enumerate(batch["path"]):
+        cache.put(Path(path).stem, int(batch["frame_start"][i]), int(batch["num_frames"][i]), (h, w),
+                  raw[i].cpu(), source=path)
+    return normalize_latents(vae, raw)
+
+
+def memory_gb(backend) -> float:
+    stats = backend.memory_stats()
+    for key in ("peak_allocated_gb", "peak_rss_gb"):
+        if key in stats:
+            return float(stats[key])
+    return float(max(stats.values())) if stats else 0.0
+
+
+# -- the loop -----------------------------------------------------------------------------------
+
+
+def train(exp: Experiment) -> dict:
+    """Run ``exp`` to max_iter (resuming from the latest checkpoint); returns a summary."""
+    backend = _backend.current()
+    world = dist.init()
+    if exp.parity:
+        backend.set_deterministic(True)
+        exp = dataclasses.replace(exp, logging_iter=1)
+    rng.seed_everything(exp.seed, world.rank)
+    out_dir = exp.resolved_output_dir()
+    ckpt_root = os.path.join(out_dir, "checkpoints")
+    logger = MetricsLogger(out_dir, enabled=world.is_main, total=exp.max_iter)
+    logger.info(describe(exp))
+    logger.info(f"backend {backend.name} ({world.dist_backend}), world size {world.world_size}, device {world.device}")
+    if not exp.model_path:
+        logger.info(f"model_path not set: training {exp.preset} from RANDOM weights (seeded init)")
+
+    model, preset = build_model(exp, world.device)
+    vae = build_vae_for(exp, world.device)
+    ema = PowerEMA(model, exp.ema.gamma, exp.ema.iteration_shift) if exp.ema.enabled else None
+    net, owner = parallelize(model, exp, world)
+
+    from cosmos_hal import ops
+
+    params = [p for p in owner.parameters() if p.requires_grad]
+    n_train = sum(p.numel() for p in params)
+    logger.info(f"trainable parameters: {n_train:,} ({'adapters: ' + exp.lora.kind if exp.lora.kind != 'none' else 'full'})")
+    optimizer = ops.fused_adamw(params, lr=exp.optim.lr, betas=exp.optim.betas, eps=exp.optim.eps,
+                                weight_decay=exp.optim.weight_decay)
+    scheduler = build_scheduler(optimizer, exp.schedule, exp.cycle_length())
+    dataset, loader = build_data(exp, preset, world)
+
+    iteration = 0
+    found = ckpt.latest(ckpt_root) if exp.resume else None
+    if found:
+        iteration = ckpt.restore(found, model=owner, optimizer=optimizer, scheduler=scheduler, ema=ema, loader=loader)
+        logger.info(f"resumed from {found} at iteration {iteration}")
+    if logger.bar is not None:
+        logger.bar.n = iteration
+        logger.bar.refresh()
+
+    is_video = exp.task == "video2world"
+    amp = exp.precision == "bf16"
+    trainable_only = exp.lora.kind != "none"
+    exp_dict = dataclasses.asdict(exp)
+    batches = iter(loader)
+    t_window, it_window = time.perf_counter(), 0
+    backend.reset_peak_memory()
+    last_loss = math.nan
+    first_losses: list[float] = []
+
+    def save():
+        path = ckpt.save(ckpt_root, iteration, model=owner, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                         loader=loader, experiment=exp_dict, trainable_only=trainable_only, keep_last=exp.keep_last)
+        if trainable_only and world.is_main:
+            export_adapters(owner, path)
+        logger.info(f"saved checkpoint {path}")
+
+    while iteration < exp.max_iter:
+        loss_sum = torch.zeros((), device=world.device)
+        for micro in range(exp.grad_accum):
+            batch = next(batches)
+            step = iteration * exp.grad_accum + micro
+            x0 = latents_of(batch, vae, dataset, world.device)
+            draws = losses.draw(exp.loss, x0.shape, seed=exp.seed, step=step, rank=world.rank, is_video=is_video)
+            text = batch["t5_text_embeddings"].to(device=world.device, dtype=torch.float32)
+            pad = torch.zeros(1, 1, x0.shape[-2], x0.shape[-1], device=world.device)
+
+            def net_fn(x_in, timestep, cond_mask, text_keep):
+                ctx = text * text_keep.view(-1, 1, 1).to(text.dtype)
+                with torch.autocast(device_type=backend.device_type, dtype=torch.bfloat16, enabled=amp):
+                    return net(hidden_states=x_in, timestep=timestep, encoder_hidden_states=ctx,
+                               condition_mask=cond_mask if preset.has_condition_mask else None,
+                               padding_mask=pad, return_dict=False)[0]
+
+            with set_grad_sync(net, micro == exp.grad_accum - 1):
+                loss, _ = losses.compute(net_fn, x0, draws, exp.loss, is_video=is_video)
+                (loss / exp.grad_accum).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, exp.optim.grad_clip if exp.optim.grad_clip > 0 else math.inf)
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        lr = optimizer.param_groups[0]["lr"]
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(owner, iteration)
+        optimizer.zero_grad()
+        iteration += 1
+        it_window += 1
+        logger.step()
+
+        if iteration % exp.logging_iter == 0 or iteration == exp.max_iter:
+            mean_loss = dist.all_reduce(loss_sum / exp.grad_accum, "mean")
+            last_loss = float(mean_loss)
+            if not math.isfinite(last_loss):
+                raise FloatingPointError(f"loss is {last_loss} at iteration {iteration}; stopping (lower optim.lr?)")
+            backend.synchronize()
+            elapsed = time.perf_counter() - t_window
+            s_per_it = elapsed / it_window
+            record = {
+                "iteration": iteration, "loss": last_loss, "lr": float(lr), "grad_norm": float(grad_norm),
+                "s_per_it": s_per_it,
+                "samples_per_s": exp.batch_size * exp.grad_accum * world.world_size / s_per_it,
+                "mem_gb": memory_gb(backend), "backend": backend.name,
+            }
+            if len(first_losses) < 10:
+                first_losses.append(last_loss)
+            logger.log(record)
+            t_window, it_window = time.perf_counter(), 0
+        if iteration % exp.save_iter == 0 or iteration == exp.max_iter:
+            save()
+
+    summary = {
+        "experiment": exp.name, "iterations": iteration, "final_loss": last_loss,
+        "bad_samples": loader.bad_samples, "output_dir": out_dir,
+    }
+    logger.info(f"done: {iteration} iterations, final loss {last_loss:.6g}, output in {out_dir}")
+    logger.info(loader.bad_sample_report())
+    logger.close()
+    dist.shutdown()
+    return summary
+
+
+def export_adapters(model, checkpoint_dir: str) -> None:
+    """Write the adapters as diffusers-format ``pytorch_lora_weights.safetensors`` next to the checkpoint."""
+    from cosmos_hal.models import lora
+
+    lora.save_lora_weights(model, checkpoint_dir)
