@@ -164,3 +164,18 @@ def test_build_installs_the_hal_attention_processor_with_equal_output():
         ref = plain.double()(x.double(), t.double(), ctx.double(), **{k: v.double() for k, v in kw.items()}).sample
         out = hal(x, t, ctx, **kw).sample
     assert _rel(out, ref) < 1e-5
+
+
+@pytest.mark.cuda
+def test_predict2_2b_random_weights_run_on_the_accelerator():
+    import cosmos_hal
+
+    device = cosmos_hal.current_backend().device()
+    preset = presets.get_preset("predict2-2b")
+    model = build_transformer(preset, dtype=torch.bfloat16, device=device, init="torch")
+    assert count_parameters(model) > 1.9e9
+    x, t, ctx, kw = tiny_inputs(preset, frames=3, size=16)
+    to = lambda v: v.to(device=device, dtype=torch.bfloat16)  # noqa: E731
+    with torch.no_grad():
+        out = model(to(x), to(t), to(ctx), **{k: to(v) for k, v in kw.items()}).sample
+    assert out.shape == x.shape and torch.isfinite(out).all()

@@ -143,3 +143,28 @@ def test_load_adapters_errors_name_the_file(tmp_path):
 
 def test_tiny_preset_is_the_one_lora_tests_use():
     assert presets.get_preset("tiny").hidden_size == 64
+
+
+def test_lora_init_is_seeded_and_leaves_torch_rng_alone():
+    state = torch.get_rng_state()
+    a, b = _base(), _base()
+    add_adapters(a, RANK, ALPHA, seed=1)
+    add_adapters(b, RANK, ALPHA, seed=1)
+    assert torch.equal(state, torch.get_rng_state())
+    sa, sb = adapter_state_dict(a), adapter_state_dict(b)
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    lora_a = sa["transformer_blocks.0.attn1.to_q.lora_A.weight"]
+    assert 0.5 / RANK < lora_a.std() < 2.0 / RANK
+    c = _base()
+    add_adapters(c, RANK, ALPHA, seed=2)
+    assert not torch.equal(adapter_state_dict(c)["transformer_blocks.0.attn1.to_q.lora_A.weight"], lora_a)
+
+
+@pytest.mark.slow
+def test_predict2_2b_lora_r32_has_280_layers_and_45_9m_params():
+    from peft.tuners.lora import LoraLayer
+
+    model = build_transformer("predict2-2b", meta=True, dtype=torch.bfloat16)
+    n = add_adapters(model, 32, 32)
+    assert sum(isinstance(m, LoraLayer) for m in model.modules()) == 280
+    assert n == 45_875_200  # 28 x (attn1 4x32x4096 + attn2 2x32x4096 + 2x32x3072 + ff 2x32x10240)

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import os
 import tempfile
+import zlib
 from pathlib import Path
 
 import torch
+
+from cosmos_hal import rng
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2")
@@ -48,21 +51,36 @@ def lora_config(rank: int, alpha: float | None = None, *, use_dora: bool = False
     )
 
 
+def _fork_rng_of(model):
+    """Keep peft's own random init from advancing the global generators (CPU and the model's device)."""
+    device = next(model.parameters()).device
+    if device.type in ("cpu", "meta"):
+        return torch.random.fork_rng(devices=[])
+    return torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
+
+
 def add_adapters(
     model, rank: int, alpha: float | None = None, *, use_dora: bool = False, targets=DEFAULT_TARGETS,
-    adapter_name: str = ADAPTER_NAME,
+    adapter_name: str = ADAPTER_NAME, seed: int = 0,
 ) -> int:
     """Freeze ``model``, inject a LoRA (or DoRA) adapter, keep it in fp32; returns trainable params.
 
-    lora_B starts at zero (peft's default), so the adapted model starts equal to the base."""
+    lora_A is drawn from cosmos_hal.rng (N(0, 1/rank), peft's "gaussian" init) keyed by
+    (seed, module name), so it is the same on every machine and leaves torch's generators
+    untouched; lora_B starts at zero, so the adapted model starts equal to the base."""
     model.requires_grad_(False)
-    model.add_adapter(lora_config(rank, alpha, use_dora=use_dora, targets=targets), adapter_name=adapter_name)
+    with _fork_rng_of(model):
+        model.add_adapter(lora_config(rank, alpha, use_dora=use_dora, targets=targets), adapter_name=adapter_name)
     n = 0
     for name, p in model.named_parameters():
         if p.requires_grad:
             if "lora_" not in name:
                 raise RuntimeError(f"add_adapters: non-adapter parameter {name} is trainable")
             p.data = p.data.float()
+            if ".lora_A." in name and not p.is_meta:
+                key = rng.Key(seed, "lora_init", index=zlib.crc32(name.encode()))
+                with torch.no_grad():
+                    p.copy_(rng.normal(key, tuple(p.shape), std=1.0 / rank))
             n += p.numel()
     if n == 0:
         raise RuntimeError(f"add_adapters: no module matched the targets {list(targets)}")
