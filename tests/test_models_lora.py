@@ -168,3 +168,13 @@ def test_predict2_2b_lora_r32_has_280_layers_and_45_9m_params():
     n = add_adapters(model, 32, 32)
     assert sum(isinstance(m, LoraLayer) for m in model.modules()) == 280
     assert n == 45_875_200  # 28 x (attn1 4x32x4096 + attn2 2x32x4096 + 2x32x3072 + ff 2x32x10240)
+
+
+def test_trainer_spellings_apply_lora_and_save_lora_weights(tmp_path):
+    from cosmos_hal.models import lora
+
+    a, b = _base(), _base()
+    n_a = lora.apply_lora(a, rank=RANK, alpha=ALPHA, target_modules=["to_q", "to_v"], use_dora=True)
+    n_b = add_adapters(b, RANK, ALPHA, targets=("to_q", "to_v"), use_dora=True)
+    assert n_a == n_b == 2 * 2 * (2 * RANK * 128 + 64)
+    assert lora.save_lora_weights(a, tmp_path) == tmp_path / LORA_WEIGHT_NAME

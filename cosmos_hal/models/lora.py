@@ -189,3 +189,15 @@ def load_adapters(model, path, *, scale: float = 1.0, fuse: bool = False, adapte
 
 def trainable_parameter_names(model) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def apply_lora(model, *, rank: int, alpha: float | None = None, target_modules=DEFAULT_TARGETS,
+               use_dora: bool = False, seed: int = 0, adapter_name: str = ADAPTER_NAME) -> int:
+    """Keyword-style spelling of ``add_adapters`` (the trainer's call)."""
+    return add_adapters(model, rank, alpha, use_dora=use_dora, targets=tuple(target_modules) or DEFAULT_TARGETS,
+                        adapter_name=adapter_name, seed=seed)
+
+
+def save_lora_weights(model, out_dir, **kwargs) -> Path:
+    """Alias of ``save_adapters`` under diffusers' name."""
+    return save_adapters(model, out_dir, **kwargs)
