@@ -176,5 +176,5 @@ def test_trainer_spellings_apply_lora_and_save_lora_weights(tmp_path):
     a, b = _base(), _base()
     n_a = lora.apply_lora(a, rank=RANK, alpha=ALPHA, target_modules=["to_q", "to_v"], use_dora=True)
     n_b = add_adapters(b, RANK, ALPHA, targets=("to_q", "to_v"), use_dora=True)
-    assert n_a == n_b == 2 * 2 * (2 * RANK * 128 + 64)
+    assert n_a == n_b == 2 * 2 * 2 * (RANK * (64 + 64) + 64)  # blocks x attns x {to_q,to_v} x (A, B, magnitude)
     assert lora.save_lora_weights(a, tmp_path) == tmp_path / LORA_WEIGHT_NAME
