@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import zlib
@@ -294,3 +295,24 @@ def test_cosmos_hal_attention_is_callable_as_documented():
 
     q, k, v, mask = make_inputs("self_odd", "bool_keys", torch.float32, "BSND", seed=26)
     assert rel_err(cosmos_hal.attention(q, k, v, mask=mask), attention_f64(q, k, v, mask=mask)) < 1e-5
+
+
+# -- tools/bench_kernels.py ------------------------------------------------------------------
+def test_bench_kernels_tiny_mode_measures_every_cpu_kernel(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {**os.environ, "COSMOS_HAL_BACKEND": "cpu"}
+    proc = subprocess.run([sys.executable, "tools/bench_kernels.py", "--tiny", "--repeats", "1", "--warmup", "0",
+                           "--out", str(out)], capture_output=True, text=True, cwd=REPO, env=env, check=True)
+    assert "| implementation |" in proc.stdout
+    report = json.loads(out.read_text())
+    assert report["ceiling"]["tflops"] > 0
+    measured = {(r["impl"], r["shape"]) for r in report["rows"] if r.get("tflops", 0) > 0}
+    assert measured == {(i, s) for i in ("sdpa", "math") for s in ("self_tiny", "cross_tiny")}
+
+
+def test_bench_kernels_without_an_accelerator_says_so_and_fails():
+    env = {**os.environ, "COSMOS_HAL_BACKEND": "cpu"}
+    proc = subprocess.run([sys.executable, "tools/bench_kernels.py"], capture_output=True, text=True, cwd=REPO,
+                          env=env)
+    assert proc.returncode != 0
+    assert "no GPU or NPU here" in proc.stderr and "--tiny" in proc.stderr
