@@ -178,3 +178,8 @@ def test_meta_build_then_load_needs_no_init(iter_ckpt):
     model = build_transformer("tiny", weights=path, meta=True, install_hal_processor=False)
     assert torch.equal(state, torch.get_rng_state())
     _assert_matches_upstream(model, net)
+
+
+def test_checkpoint_file_without_preset_asks_for_one(iter_ckpt):
+    with pytest.raises(ValueError, match="name the preset"):
+        build_transformer(None, weights=iter_ckpt[0])

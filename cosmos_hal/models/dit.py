@@ -46,6 +46,11 @@ def _preset_from_weights(weights) -> TransformerPreset:
     """A preset from a diffusers directory's config.json (for ``build_transformer(None, weights=dir)``)."""
     from cosmos_hal.models.loading import read_diffusers_config
 
+    if isinstance(weights, dict) or os.path.isfile(weights):
+        raise ValueError(
+            f"build_transformer: weights {weights if not isinstance(weights, dict) else 'state dict'} carry no "
+            "config; name the preset (e.g. 'predict2-2b', 'predict2-14b-t2i') or give a diffusers folder"
+        )
     cfg = read_diffusers_config(weights)
     task = "video2world" if cfg.get("in_channels", 16) == cfg.get("out_channels", 16) + 1 else "text2image"
     fields = TransformerPreset.__dataclass_fields__
