@@ -183,3 +183,16 @@ def test_meta_build_then_load_needs_no_init(iter_ckpt):
 def test_checkpoint_file_without_preset_asks_for_one(iter_ckpt):
     with pytest.raises(ValueError, match="name the preset"):
         build_transformer(None, weights=iter_ckpt[0])
+
+
+def test_transformer_engine_bytesio_extra_state_is_dropped(tiny, tmp_path, caplog):
+    """Older TransformerEngine pickles its extra state as io.BytesIO, which weights_only refuses."""
+    import io
+
+    sd = upstream_state(tiny, 7, torch.float32)
+    sd["blocks.0.self_attn.attn_op._extra_state"] = io.BytesIO(b"fp8 meta")
+    torch.save({"net." + k: v for k, v in sd.items()}, tmp_path / "iter_000000004.pt")
+    with caplog.at_level("WARNING"):
+        model = build_transformer("tiny", weights=tmp_path / "iter_000000004.pt", install_hal_processor=False)
+    assert "weights_only" in caplog.text
+    _assert_matches_upstream(model, sd)
