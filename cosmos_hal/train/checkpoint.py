@@ -154,8 +154,11 @@ def _write_text_atomic(path: str, text: str) -> None:
 
 
 def save(root: str, iteration: int, *, model, optimizer, scheduler, ema, loader, experiment: dict,
-         trainable_only: bool, keep_last: int) -> str:
-    """Write checkpoint ``iteration`` (collective: every rank calls it). Returns the folder."""
+         trainable_only: bool, keep_last: int, extra_writer=None) -> str:
+    """Write checkpoint ``iteration`` (collective: every rank calls it). Returns the folder.
+
+    ``extra_writer(tmp_dir, weights)`` runs on rank 0 with the gathered weights before the
+    rename, so extra files (LoRA adapters) are part of the same atomic checkpoint."""
     w = dist.world()
     name = f"iter_{iteration:09d}"
     final = os.path.join(root, name)
@@ -175,6 +178,8 @@ def save(root: str, iteration: int, *, model, optimizer, scheduler, ema, loader,
         torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, os.path.join(tmp, "optim.pt"))
         torch.save({"iteration": iteration, "world_size": w.world_size, "experiment": experiment},
                    os.path.join(tmp, "trainer.pt"))
+        if extra_writer is not None:
+            extra_writer(tmp, net)
     dist.barrier()
     if w.is_main:
         if os.path.isdir(final):

@@ -78,10 +78,9 @@ def build_model(exp: Experiment, device):
     if exp.lora.kind != "none":
         from cosmos_hal.models import lora
 
-        model.requires_grad_(False)
-        lora.apply_lora(model, rank=exp.lora.rank, alpha=exp.lora.alpha,
-                        target_modules=[m.strip() for m in exp.lora.target_modules.split(",") if m.strip()],
-                        use_dora=exp.lora.kind == "dora")
+        lora.add_adapters(model, exp.lora.rank, exp.lora.alpha, use_dora=exp.lora.kind == "dora",
+                          targets=tuple(m.strip() for m in exp.lora.target_modules.split(",") if m.strip()),
+                          seed=exp.seed)
     model.train()
     return model, preset
 
@@ -199,9 +198,8 @@ def train(exp: Experiment) -> dict:
 
     def save():
         path = ckpt.save(ckpt_root, iteration, model=owner, optimizer=optimizer, scheduler=scheduler, ema=ema,
-                         loader=loader, experiment=exp_dict, trainable_only=trainable_only, keep_last=exp.keep_last)
-        if trainable_only and world.is_main:
-            export_adapters(owner, path)
+                         loader=loader, experiment=exp_dict, trainable_only=trainable_only, keep_last=exp.keep_last,
+                         extra_writer=(lambda d, sd: export_adapters(owner, d, sd)) if trainable_only else None)
         logger.info(f"saved checkpoint {path}")
 
     while iteration < exp.max_iter:
@@ -270,8 +268,12 @@ def train(exp: Experiment) -> dict:
     return summary
 
 
-def export_adapters(model, checkpoint_dir: str) -> None:
-    """Write the adapters as diffusers-format ``pytorch_lora_weights.safetensors`` next to the checkpoint."""
+def export_adapters(model, checkpoint_dir: str, weights: dict) -> None:
+    """Write the adapters as diffusers-format ``pytorch_lora_weights.safetensors`` into the
+    checkpoint, from the gathered (full, CPU) weights so it works under FSDP2 too."""
+    from peft.utils import get_peft_model_state_dict
+
     from cosmos_hal.models import lora
 
-    lora.save_lora_weights(model, checkpoint_dir)
+    adapters = get_peft_model_state_dict(model, state_dict=weights, adapter_name=lora.ADAPTER_NAME)
+    lora.save_adapters(model, checkpoint_dir, state_dict=adapters)
