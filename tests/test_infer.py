@@ -175,12 +175,12 @@ def adapter(assets):
     return _train_like_adapter(assets["v2w"], assets["root"] / "lora_run" / "checkpoints" / "iter_000000010")
 
 
-def test_lora_changes_output_scale_zero_keeps_it_and_fused_matches_unfused(assets, adapter):
+def test_lora_changes_output_scale_zero_keeps_it_and_fused_matches_unfused(assets, adapter, v2w_pipe):
     from cosmos_hal.infer.adapters import LoraSpec, load_loras
 
     req = _request(assets, seed=9)
     opts = LoadOptions(task="video2world", model=str(assets["v2w"]))
-    base = video2world(load_pipeline(opts), req)
+    base = video2world(v2w_pipe, req)
 
     pipe = load_pipeline(opts)
     load_loras(pipe.transformer, [LoraSpec(adapter.parent, 1.0)])

@@ -8,6 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
+from cosmos_hal.backend import BACKEND_MODULES
+
 DEFAULT_SIZE = {"video2world": (704, 1280), "text2image": (768, 1360)}
 DEFAULT_OUT = {"video2world": "output.mp4", "text2image": "output.png"}
 
@@ -44,7 +46,7 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
                    help=f"output file (default {DEFAULT_OUT[task]}); with --batch_dir an output folder")
 
     g = p.add_argument_group("runtime")
-    g.add_argument("--backend", choices=["cpu", "cuda", "npu"], default=None,
+    g.add_argument("--backend", choices=list(BACKEND_MODULES), default=None,
                    help="use this backend instead of auto-detection (also COSMOS_HAL_BACKEND)")
     g.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None,
                    help="weights and activations (default: fp32 on the CPU, bf16 elsewhere)")
