@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true",
                    help="only validate the experiment and overrides; print its output directory")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="experiment overrides")
+
+    from cosmos_hal.infer import cli as infer_cli  # light: argparse only until a command runs
+    infer_cli.add_parser(sub)
     return parser
 
 
@@ -93,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             return _launch_env(args)
         if args.command == "train":
             return _train(args)
+        if args.command == "infer":
+            from cosmos_hal.infer import cli as infer_cli
+            return infer_cli.main(args)
     except BackendUnavailableError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
