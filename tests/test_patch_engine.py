@@ -18,7 +18,8 @@ from cosmos_hal.patching.target import TargetError, identify, open_target
 pytestmark = pytest.mark.network
 
 FIXES = load_fixes()
-EXPECTED_IDS = {"ema-deterministic-init", "hal-dit-kernels", "hal-training-device", "noise-cpu-generator"}
+EXPECTED_IDS = {"ema-deterministic-init", "hal-dit-kernels", "hal-training-device", "noise-cpu-generator",
+                "hal-optional-apex"}
 PATCHED_FILES = sorted({f for fix in FIXES for f in fix.files})
 
 

@@ -21,7 +21,7 @@ UPSTREAM_VERSION = "1.0.9"
 # Pure-Python packages upstream's DiT module imports (versions as upstream pins them).
 DIT_LIGHT_DEPS = ["loguru==0.7.2", "einops==0.8.1", "omegaconf==2.3.0", "antlr4-python3-runtime==4.9.3",
                   "nvidia-ml-py==12.535.133", "attrs==25.1.0", "fvcore==0.1.5.post20221221", "iopath==0.1.10",
-                  "tabulate==0.10.0", "portalocker==4.4.2"]
+                  "tabulate==0.10.0", "portalocker==4.4.2", "termcolor==2.5.0"]
 
 
 def cache_root() -> str:

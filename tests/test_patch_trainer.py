@@ -39,6 +39,14 @@ INIT_SCRIPT = textwrap.dedent('''
     distributed.init()
     print("BACKEND", dist.get_backend(), dist.get_world_size())
     dist.destroy_process_group()
+    import torch
+    from imaginaire.utils.fused_adam import FusedAdam  # imports without NVIDIA apex
+    from cosmos_predict2.utils.fused_adam_dtensor import FusedAdam as FusedAdamDT
+    for cls in (FusedAdam, FusedAdamDT):
+        try:
+            cls([torch.nn.Parameter(torch.zeros(2))])
+        except RuntimeError as exc:
+            print("FUSEDADAM refuses:", exc)
 ''')
 
 
@@ -69,6 +77,8 @@ def test_patched_distributed_init_uses_the_backends_collective(patched_root, tmp
     proc = _run_init(patched_root, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "BACKEND gloo 1" in proc.stdout
+    # apex is optional after hal-optional-apex; FusedAdam itself still needs it and says so
+    assert proc.stdout.count("FUSEDADAM refuses:") == 2, proc.stdout + proc.stderr[-2000:]
 
 
 def test_unpatched_distributed_init_does_not_start_on_a_cpu_host(tmp_path):

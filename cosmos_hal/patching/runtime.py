@@ -194,6 +194,24 @@ def attention_bsnd(q, k, v, softmax_scale=None, causal=False, dropout_p=0.0, **u
     return attention(q, k, v, layout="BSND", scale=softmax_scale).contiguous()
 
 
+class _MissingMultiTensorApplier:
+    """Stands in for apex's multi_tensor_applier when NVIDIA apex is not installed.
+
+    ``available`` is False, which upstream's FusedAdam checks before using it; calling it says
+    what to do instead of failing deep inside an optimizer step.
+    """
+
+    available = False
+    warned = False
+
+    def __call__(self, *args, **kwargs):
+        raise RuntimeError("NVIDIA apex (with its CUDA extensions) is not installed, so FusedAdam cannot run; "
+                           "set the experiment's optimizer.optim_type=adamw and drop master_weights/capturable")
+
+
+missing_multi_tensor_applier = _MissingMultiTensorApplier()
+
+
 def create_cuda_graph(*args, **kwargs):
     """Upstream's graph capture, imported only when asked for (it imports transformer_engine)."""
     return importlib.import_module("imaginaire.utils.graph").create_cuda_graph(*args, **kwargs)
