@@ -1,5 +1,6 @@
 """Upstream's DiT with fix hal-dit-kernels: imports without transformer_engine, trains on the CPU,
-and computes what cosmos_hal's DiT computes on the same weights.
+and computes what cosmos_hal's DiT computes on the same weights; and fix ema-deterministic-init
+with the real DiT, LazyCall instantiate and FastEmaModelUpdater.
 
 Runs in a subprocess: the patched release and its pure-Python dependencies (cached by
 test_patch_support.light_deps, appended after the venv's packages) go on sys.path there only.
@@ -14,7 +15,7 @@ import sys
 import textwrap
 
 import pytest
-from test_patch_support import fresh_copy, light_deps
+from test_patch_support import fresh_copy, light_deps, pristine_tree
 
 from cosmos_hal.patching import engine
 from cosmos_hal.patching.spec import load_fixes
@@ -90,21 +91,82 @@ SCRIPT = textwrap.dedent('''
 ''')
 
 
-@pytest.fixture(scope="module")
-def dit_run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("dit")
-    root = fresh_copy(str(base / "site-packages"))
-    engine.apply(open_target(root), load_fixes())
-    deps = light_deps()
-    script = base / "run_dit.py"
-    script.write_text(SCRIPT)
+EMA_SCRIPT = textwrap.dedent('''
+    import ast, json, os, sys
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+    sys.path.insert(0, sys.argv[1])
+    sys.path.append(sys.argv[2])
+    import numpy as np
+    import torch
+    from cosmos_predict2.models.text2image_dit import MiniTrainDIT
+    from imaginaire.lazy_config import LazyCall as L, instantiate
+    from imaginaire.utils.ema import FastEmaModelUpdater
+
+    def node(path, pred):
+        return next(n for n in ast.walk(ast.parse(open(path).read())) if pred(n))
+
+    def run(root):
+        """Upstream's EMA block of Video2WorldPipeline.from_config with the real DiT, LazyCall and updater."""
+        ns = {"torch": torch, "contextmanager": contextmanager}
+        fn = node(os.path.join(root, "cosmos_predict2/models/utils.py"),  # its module imports pandas: take the def
+                  lambda n: isinstance(n, ast.FunctionDef) and n.name == "init_weights_on_device")
+        exec(compile(ast.Module(body=[fn], type_ignores=[]), "utils.py", "exec"), ns)
+        block = node(os.path.join(root, "cosmos_predict2/pipelines/video2world.py"),
+                     lambda n: isinstance(n, ast.If) and ast.unparse(n.test) == "config.ema.enabled")
+        cfg = L(MiniTrainDIT)(max_img_h=32, max_img_w=32, max_frames=8, in_channels=4, out_channels=4,
+                              patch_spatial=2, patch_temporal=1, model_channels=64, num_blocks=2, num_heads=4,
+                              crossattn_emb_channels=32, pos_emb_cls="rope3d", atten_backend="transformer_engine",
+                              use_adaln_lora=True, adaln_lora_dim=16, use_crossattn_projection=False)
+        torch.manual_seed(int.from_bytes(os.urandom(4), "little"))
+        dit = instantiate(cfg).eval()
+        with torch.no_grad():
+            for p in dit.parameters():
+                p.normal_()
+        pipe = SimpleNamespace(dit=dit)
+        ns.update(pipe=pipe, dit_config=cfg, instantiate=instantiate, np=np, FastEmaModelUpdater=FastEmaModelUpdater,
+                  config=SimpleNamespace(ema=SimpleNamespace(enabled=True, rate=0.1)))
+        before = torch.get_rng_state()
+        exec(compile(ast.Module(body=[block], type_ignores=[]), "ema_block", "exec"), ns)
+        ema = pipe.dit_ema
+        return {"rng_unchanged": bool(torch.equal(before, torch.get_rng_state())),
+                "params_equal": all(torch.equal(a, b) for a, b in
+                                    zip(dit.parameters(), ema.parameters(), strict=True)),
+                "buffers_equal": all(torch.equal(a, b) for a, b in zip(dit.buffers(), ema.buffers(), strict=True)),
+                "ema_fp32": all(p.dtype == torch.float32 and not p.requires_grad for p in ema.parameters())}
+
+    print("RESULT " + json.dumps({"patched": run(sys.argv[1]), "pristine": run(sys.argv[3])}))
+''')
+
+
+def _run_script(base, script_text, *args):
+    script = base / "script.py"
+    script.write_text(script_text)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["COSMOS_HAL_BACKEND"] = "cpu"
-    proc = subprocess.run([sys.executable, str(script), root, deps], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
                           timeout=600, cwd=str(base), env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"patched DiT run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    assert proc.returncode == 0 and lines, f"patched upstream run failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
     return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def patched_root(tmp_path_factory):
+    root = fresh_copy(str(tmp_path_factory.mktemp("dit") / "site-packages"))
+    engine.apply(open_target(root), load_fixes())
+    return root
+
+
+def test_patched_ema_block_with_the_real_dit_leaves_the_cpu_rng_alone(patched_root, tmp_path):
+    res = _run_script(tmp_path, EMA_SCRIPT, patched_root, light_deps(), pristine_tree())
+    assert res["patched"] == {"rng_unchanged": True, "params_equal": True, "buffers_equal": True, "ema_fp32": True}
+    assert res["pristine"]["rng_unchanged"] is False and res["pristine"]["params_equal"] is True
+
+
+@pytest.fixture(scope="module")
+def dit_run(patched_root, tmp_path_factory):
+    return _run_script(tmp_path_factory.mktemp("dit_run"), SCRIPT, patched_root, light_deps())
 
 
 def test_patched_dit_imports_without_transformer_engine_and_keeps_weight_names(dit_run):
