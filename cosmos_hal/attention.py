@@ -16,7 +16,9 @@ Conventions, the same for every implementation (each kernel converts to its own)
 * Grouped-query attention: k/v may have fewer heads than q (a divisor of it); query head
   i reads kv head i // (Nq // Nkv), as SDPA's ``enable_gqa``.
 
-Nothing here reads tensor values: no host synchronisation on the attention path.
+Nothing here reads tensor values: no host synchronisation on the attention path. Under
+torch.compile the kernel choice of the last eager call (or of ``ops.prepare_kernels()``,
+which ``install_processor`` runs) is reused, so dispatch adds no graph break.
 
 Implementations registered here are portable torch: ``sdpa`` (torch SDPA; where the device
 has them cuDNN, flash and memory-efficient kernels compete in that priority, or one is
@@ -35,8 +37,10 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cosmos_hal import registry
+from cosmos_hal.ops import pick_kernel
 
 OP = "attention"
 LAYOUTS = ("BSND", "BNSD")
@@ -147,38 +151,7 @@ def normalize_mask(mask: torch.Tensor | None, target: tuple[int, int, int, int])
 
 def select_kernel(call: AttentionCall, impl: str | None = None) -> registry.Kernel:
     """The kernel that will run ``call``: ``impl``, else the pin, else the first that fits."""
-    pinned = impl or os.environ.get(registry.env_var(OP), "").strip()
-    if pinned:
-        kernel = registry.get(OP, pinned)
-        source = f"impl={pinned!r}" if impl else f"{registry.env_var(OP)}={pinned}"
-        if not kernel.usable:
-            raise registry.KernelUnavailableError(f"{source}: attention kernel {pinned!r} cannot run here")
-        reason = unsupported_reason(kernel, call)
-        if reason:
-            raise registry.KernelUnavailableError(f"{source}: attention kernel {pinned!r} cannot run this "
-                                                  f"call: {reason}")
-        return kernel
-    backend = _backend_name()
-    reasons = []
-    for name in registry.available(OP, backend):
-        kernel = registry.get(OP, name)
-        reason = unsupported_reason(kernel, call)
-        if reason is None:
-            return kernel
-        reasons.append(f"{name}: {reason}")
-    raise registry.KernelUnavailableError(
-        f"no attention kernel on {backend} supports this call: " + ("; ".join(reasons) or "none registered"))
-
-
-def unsupported_reason(kernel: registry.Kernel, call: AttentionCall) -> str | None:
-    check = getattr(kernel.fn, "supports", None)
-    return check(call) if check else None
-
-
-def _backend_name() -> str:
-    from cosmos_hal.backend import current
-
-    return current().name
+    return pick_kernel(OP, (call,), impl)
 
 
 # -- layout helpers shared by kernels ------------------------------------------------------
@@ -206,8 +179,6 @@ def _sdpa_backends():
     for flash and 149 for memory-efficient (docs/benchmarks.md). Torch skips kernels the
     device or the call does not support, so the same list serves every device.
     """
-    from torch.nn.attention import SDPBackend
-
     table = {
         "cudnn": SDPBackend.CUDNN_ATTENTION,
         "flash": SDPBackend.FLASH_ATTENTION,
@@ -224,8 +195,6 @@ def _sdpa_backends():
 
 def sdpa_attention(call: AttentionCall) -> torch.Tensor:
     """torch scaled_dot_product_attention (cuDNN > flash > memory-efficient > math)."""
-    from torch.nn.attention import sdpa_kernel
-
     q, k, v = (to_bnsd(t, call.layout) for t in (call.q, call.k, call.v))
     mask = call.mask
     if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype:

@@ -42,31 +42,56 @@ def requires(check: Callable[..., str | None]):
     return wrap
 
 
-def _dispatch(op: str, *args) -> registry.Kernel:
-    """The kernel for ``op`` on the current backend that accepts ``args``."""
-    pinned = os.environ.get(registry.env_var(op), "").strip()
+# Under torch.compile the choice is not re-made: the last eager choice (install_processor
+# or prepare_kernels() makes one) is reused, so dispatch adds no graph break.
+_LAST_PLAN: dict[str, tuple[tuple[registry.Kernel, ...], str]] = {}
+OPS = ("attention", "rms_norm", "rope", "adamw")
+
+
+def kernel_plan(op: str, impl: str | None = None) -> tuple[tuple[registry.Kernel, ...], str]:
+    """(kernels to try, in order; what decided them) for ``op`` on the current backend.
+
+    ``impl`` or ``COSMOS_HAL_<OP>`` pins a single kernel (an error if it cannot run here).
+    """
+    if impl is None and torch.compiler.is_compiling():
+        cached = _LAST_PLAN.get(op)
+        if cached is not None:
+            return cached
+    pinned = impl or os.environ.get(registry.env_var(op), "").strip()
     if pinned:
-        kernel, _ = registry.choose(op, _backend_name())
-        reason = _reason(kernel, args)
-        if reason:
+        kernel = registry.get(op, pinned)
+        source = f"impl={pinned!r}" if impl else f"{registry.env_var(op)}={pinned}"
+        if not kernel.usable:
+            backend = _backend_name()
             raise registry.KernelUnavailableError(
-                f"{registry.env_var(op)}={pinned}: {op} kernel cannot run this call: {reason}")
-        return kernel
-    backend = _backend_name()
+                f"{source}: {op} kernel {pinned!r} cannot run here; available on {backend}: "
+                f"{', '.join(registry.available(op, backend)) or 'none'}")
+        plan = ((kernel,), source)
+    else:
+        backend = _backend_name()
+        plan = (tuple(registry.get(op, n) for n in registry.available(op, backend)), f"backend {backend}")
+    if impl is None:
+        _LAST_PLAN[op] = plan
+    return plan
+
+
+def prepare_kernels() -> dict[str, str]:
+    """Choose every op's kernels now (eagerly), e.g. before torch.compile; returns op -> first choice."""
+    return {op: (kernel_plan(op)[0][0].name if kernel_plan(op)[0] else "none") for op in OPS}
+
+
+def pick_kernel(op: str, args: tuple, impl: str | None = None) -> registry.Kernel:
+    """The first kernel of ``op``'s plan whose ``supports(*args)`` check passes."""
+    kernels, source = kernel_plan(op, impl)
     reasons = []
-    for name in registry.available(op, backend):
-        kernel = registry.get(op, name)
-        reason = _reason(kernel, args)
+    for kernel in kernels:
+        check = getattr(kernel.fn, "supports", None)
+        reason = check(*args) if check is not None else None
         if reason is None:
             return kernel
-        reasons.append(f"{name}: {reason}")
-    raise registry.KernelUnavailableError(f"no {op} kernel on {backend} accepts this call: "
-                                          + ("; ".join(reasons) or "none registered"))
-
-
-def _reason(kernel: registry.Kernel, args) -> str | None:
-    check = getattr(kernel.fn, "supports", None)
-    return check(*args) if check else None
+        reasons.append(f"{kernel.name}: {reason}")
+    raise registry.KernelUnavailableError(
+        f"no {op} kernel ({source}) accepts this call: " + ("; ".join(reasons) or "none registered"))
 
 
 def _backend_name() -> str:
@@ -83,7 +108,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
                          f"the last dim of x {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"rms_norm: x has dtype {x.dtype}; a floating dtype is needed")
-    return _dispatch("rms_norm", x, weight, eps).fn(x, weight, eps)
+    return pick_kernel("rms_norm", (x, weight, eps)).fn(x, weight, eps)
 
 
 def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -106,7 +131,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, layout:
                          f"(S, D) = {want} for x {tuple(x.shape)} in layout {layout}")
     if x.shape[-1] % 2:
         raise ValueError(f"apply_rope: head dim {x.shape[-1]} must be even (rotate-half pairs its halves)")
-    return _dispatch("rope", x, cos, sin, layout).fn(x, cos, sin, layout)
+    return pick_kernel("rope", (x, cos, sin, layout)).fn(x, cos, sin, layout)
 
 
 def rope_table_shape(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
@@ -138,7 +163,7 @@ def fused_adamw(params: Iterable, lr: float = 1e-3, betas: tuple[float, float] =
     if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"fused_adamw: invalid hyper-parameters lr={lr} betas={betas} eps={eps} "
                          f"weight_decay={weight_decay} (need lr, eps, wd >= 0 and 0 <= beta < 1)")
-    kernel = _dispatch("adamw", params)
+    kernel = pick_kernel("adamw", (params,))
     return kernel.fn(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
@@ -166,3 +191,28 @@ def torch_fused_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Op
 def torch_foreach_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Optimizer:
     """torch.optim.AdamW(foreach=True): portable, horizontally batched."""
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)
+
+
+# -- fused QK-norm + RoPE ------------------------------------------------------------------
+def qk_norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
+                 cos: torch.Tensor | None = None, sin: torch.Tensor | None = None) -> torch.Tensor:
+    """RMSNorm of the last dim of ``x`` (BSND) then rotate-half RoPE with (S, D) ``cos``/``sin``,
+    in float32 and rounded to x's dtype ONCE.
+
+    Why: the separate ``rms_norm`` then ``apply_rope`` round to bf16 in between and make two
+    passes over q and k; one float32 pass is both cheaper (torch.compile fuses it into a single
+    kernel; eager it is still one read and one write of x at the ends) and at least as accurate.
+    Same meaning as ``apply_rope(rms_norm(x, weight, eps), cos, sin)`` up to that rounding.
+    No ``cos`` means no rotation (cross-attention keys/queries).
+    """
+    if x.dim() != 4:
+        raise ValueError(f"qk_norm_rope: x must be 4-D BSND, got {tuple(x.shape)}")
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    if weight is not None:
+        y = y * weight.to(x.dtype).float()
+    if cos is not None:
+        shape = (1, x.shape[1], 1, x.shape[-1])
+        y1, y2 = y.chunk(2, dim=-1)
+        y = y * cos.float().reshape(shape) + torch.cat((-y2, y1), dim=-1) * sin.float().reshape(shape)
+    return y.to(x.dtype)

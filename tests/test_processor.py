@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from diffusers import CosmosTransformer3DModel  # imported before any test puts the emulator on the path
 
 from cosmos_hal.models.processor import CosmosHalAttnProcessor, install_processor
+from conftest import REPO
 from kernel_reference import FP32_TOL, rel_err
 
 TEXT_TOKENS = 512
@@ -127,3 +131,30 @@ def test_image_context_tuple_is_refused_with_a_clear_error():
     x = torch.randn(1, 5, 32)
     with pytest.raises(TypeError, match="image-context"):
         attn.processor(attn, x, encoder_hidden_states=(torch.randn(1, 7, 24), torch.randn(1, 3, 24)))
+
+
+COMPILE_CHECK = """
+import torch
+from test_processor import tiny_cosmos
+from cosmos_hal.models.processor import install_processor
+from kernel_reference import rel_err
+model = tiny_cosmos()
+install_processor(model)
+attn = model.transformer_blocks[0].attn1
+g = torch.Generator().manual_seed(9)
+x = torch.randn(2, 45, 32, generator=g)
+cos, sin = torch.randn(45, 16, generator=g), torch.randn(45, 16, generator=g)
+compiled = torch.compile(attn, fullgraph=True, backend="eager")
+err = rel_err(compiled(x, image_rotary_emb=(cos, sin)), attn(x, image_rotary_emb=(cos, sin)))
+assert err < 1e-6, err
+print("compiled in one graph")
+"""
+
+
+def test_installed_attention_compiles_without_graph_breaks():
+    """install_processor chooses kernels eagerly, so torch.compile(fullgraph=True) traces the
+    whole attention module (QK norm, RoPE, attention dispatch) in one graph. In a fresh
+    process: once the torch_npu emulator has been imported, torch.compile cannot run."""
+    proc = subprocess.run([sys.executable, "-c", COMPILE_CHECK], cwd=os.path.join(REPO, "tests"),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "compiled in one graph" in proc.stdout, proc.stderr[-3000:]

@@ -26,7 +26,7 @@ from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 from diffusers.models.transformers.transformer_cosmos import CosmosAttnProcessor2_0
 
 from cosmos_hal.attention import attention
-from cosmos_hal.ops import apply_rope, rms_norm
+from cosmos_hal.ops import apply_rope, prepare_kernels, rms_norm
 
 
 class CosmosHalAttnProcessor:
@@ -96,10 +96,11 @@ def install_processor(model: torch.nn.Module) -> int:
     Image-context attention (CosmosAttnProcessor2_5, Transfer/Predict2.5 with image input)
     keeps diffusers' processor.
     """
+    prepare_kernels()  # choose kernels eagerly, so a later torch.compile sees no dispatch code
     changed = 0
     for module in model.modules():
         processor = getattr(module, "processor", None)
-        if processor is not None and hasattr(module, "set_processor") and isinstance(processor, CosmosAttnProcessor2_0):
+        if isinstance(processor, CosmosAttnProcessor2_0) and hasattr(module, "set_processor"):
             module.set_processor(CosmosHalAttnProcessor())
             changed += 1
     return changed
