@@ -162,6 +162,10 @@ def test_git_checkout_is_detected_by_commit(upstream):
     target = open_target(upstream)
     assert target.commit == head
     assert f"git commit {head[:12]}" in target.describe()
+    engine.apply(target, FIXES)
+    status = subprocess.run(["git", "-C", upstream, "status", "--porcelain"], capture_output=True, text=True).stdout
+    changed = sorted(line[3:] for line in status.splitlines())
+    assert changed == PATCHED_FILES  # the state folder is excluded, only the patched files show
 
 
 def test_bad_target_and_bad_fix_file_give_clear_errors(tmp_path):

@@ -199,7 +199,22 @@ def apply(target: Target, fixes: list[Fix], identity: str = "") -> list[FixRepor
     except BaseException:
         write_all(target, old, new)
         raise
+    _exclude_from_git(target)
     return reports
+
+
+def _exclude_from_git(target: Target) -> None:
+    """Keep the state folder out of `git status` in a checkout (.git/info/exclude, local only)."""
+    info = os.path.join(target.root, ".git", "info")
+    if not os.path.isdir(os.path.join(target.root, ".git")):
+        return
+    path = os.path.join(info, "exclude")
+    line = f"/{STATE_DIR}/"
+    existing = (read_bytes(path) or b"").decode("utf-8", "replace")
+    if line not in existing.splitlines():
+        os.makedirs(info, exist_ok=True)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(("" if existing.endswith("\n") or not existing else "\n") + line + "\n")
 
 
 def revert(target: Target, keep: list[Fix] | None = None, force: bool = False) -> list[str]:
@@ -234,6 +249,7 @@ def revert(target: Target, keep: list[Fix] | None = None, force: bool = False) -
             raise PatchError("cannot re-apply the fixes that stay; nothing was changed", reports)
         new.update({rel: text.encode("utf-8") for rel, text in changed.items()})
         kept = [r.fix.id for r in reports if r.status == E.APPLICABLE]
+    current.update({rel: read_bytes(target.path(rel)) or b"" for rel in new if rel not in current})
     write_all(target, {rel: d for rel, d in new.items() if d != current[rel]}, current)
     for rel in list(state["files"]):
         if new[rel] == originals[rel]:
