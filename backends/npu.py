@@ -250,6 +250,12 @@ def _fused_adamw_fits(params) -> str | None:
     bad = ops.param_dtypes(params) - {torch.float32, torch.float16}
     if bad:
         return f"parameter dtypes {sorted(map(str, bad))}; NpuFusedAdamW takes float32/float16 only"
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in ops.param_tensors(params)):
+        # It moves every parameter into one combined buffer; FSDP2's sharded DTensors must
+        # keep their own storage (Ascend's Cosmos port uses torch AdamW for this reason too).
+        return "FSDP2 (DTensor) parameters; NpuFusedAdamW re-homes parameter storage"
     return None
 
 

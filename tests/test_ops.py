@@ -259,3 +259,24 @@ def test_cuda_fused_adamw_matches_float64(impl, monkeypatch):
     ref = adamw_f64([p.cpu() for p in initial], grads, **HYPER)
     for p0, p, r in zip(initial, final, ref):
         assert rel_err(p - p0, r - p0.double().cpu()) < 1e-5
+
+
+def test_fsdp2_dtensor_parameters_fall_back_from_npu_fused_adamw(npu_emulator):
+    """NpuFusedAdamW moves parameters into one combined buffer: not for FSDP2's DTensors."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import distribute_tensor
+
+    from cosmos_hal.backends.npu import npu_fused_adamw
+
+    owns_group = not dist.is_initialized()
+    if owns_group:
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        p = torch.nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh))
+        assert "DTensor" in npu_fused_adamw.supports([p])
+        assert type(ops.fused_adamw([p])) is torch.optim.AdamW
+    finally:
+        if owns_group:
+            dist.destroy_process_group()
