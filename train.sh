@@ -87,16 +87,12 @@ source tools/setup_env.sh
 if [[ "$LIST" == 1 ]]; then exec "$PYTHON" -m cosmos_hal train --list; fi
 EXP="${EXP:-tiny_video2world_synthetic}"
 
-# Validate the experiment and overrides before starting any process; learn the output dir.
-OUT_DIR="$("$PYTHON" -m cosmos_hal train --check --EXP="$EXP" "${OVERRIDES[@]}")" || { usage >&2; exit 2; }
-
-if [[ -z "$BACKEND" ]]; then
-    BACKEND="$("$PYTHON" -c 'from cosmos_hal.backend import select; print(select()[0].name)')"
-fi
+# Validate the experiment and overrides before starting any process; pick the backend.
+PLAN="$("$PYTHON" -m cosmos_hal train --check --EXP="$EXP" ${BACKEND:+--backend="$BACKEND"} "${OVERRIDES[@]}")" \
+    || { usage >&2; exit 2; }
+eval "$PLAN"   # OUT_DIR, BACKEND, DEVICES
 if [[ -z "$NPROC" ]]; then
-    if [[ "$BACKEND" == cpu ]]; then NPROC=1; else
-        NPROC="$("$PYTHON" -c "from cosmos_hal.backend import get_backend; print(max(1, get_backend('$BACKEND').device_count()))")"
-    fi
+    if [[ "$BACKEND" == cpu ]]; then NPROC=1; else NPROC="$DEVICES"; fi
 fi
 
 ENV_ARGS=(--backend="$BACKEND" --nproc_per_node="$NPROC" --nnodes="$NNODES")

@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiment name (default: tiny_video2world_synthetic); --list shows all")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--check", action="store_true",
-                   help="only validate the experiment and overrides; print its output directory")
+                   help="only validate the experiment and overrides, pick the backend, and print "
+                        "OUT_DIR=, BACKEND= and DEVICES= shell assignments (train.sh evals them)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="experiment overrides")
 
     from cosmos_hal.infer import cli as infer_cli  # light: argparse only until a command runs
@@ -60,7 +61,14 @@ def _train(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        print(exp.resolved_output_dir())
+        import shlex
+
+        from cosmos_hal.backend import select
+
+        chosen, _ = select(args.backend)
+        print(f"OUT_DIR={shlex.quote(exp.resolved_output_dir())}")
+        print(f"BACKEND={chosen.name}")
+        print(f"DEVICES={max(1, chosen.device_count())}")
         return 0
     if args.backend:
         from cosmos_hal.backend import use

@@ -47,7 +47,7 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = None if device.type == "cpu" else [device.index if device.index is not None else 0]
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def parallelize(model: nn.Module, exp, world) -> tuple[nn.Module, nn.Module]:

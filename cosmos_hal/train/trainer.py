@@ -164,8 +164,9 @@ def train(exp: Experiment) -> dict:
 
     model, preset = build_model(exp, world.device)
     vae = build_vae_for(exp, world.device)
-    ema = PowerEMA(model, exp.ema.gamma, exp.ema.iteration_shift) if exp.ema.enabled else None
     net, owner = parallelize(model, exp, world)
+    # after sharding, so each rank's shadows are its own shards (FSDP2) of the live weights
+    ema = PowerEMA(owner, exp.ema.gamma, exp.ema.iteration_shift) if exp.ema.enabled else None
 
     from cosmos_hal import ops
 

@@ -1,0 +1,280 @@
+"""Per-block activation checkpointing for the Cosmos DiT, sized to device memory.
+
+Why not diffusers' ``enable_gradient_checkpointing()``: it recomputes every block in full,
+attention included, and attention is two thirds of the forward FLOPs at 93x432x768 (84 % at
+704x1280). Here each transformer block gets one of three modes:
+
+* ``"none"``      no checkpointing: every activation is kept (fastest, most memory);
+* ``"selective"`` torch.utils.checkpoint with a selective policy that SAVES the outputs of the
+                  self-attention kernel (the SDPA aten ops: cuDNN, flash, memory-efficient,
+                  CPU flash; output + logsumexp) and recomputes everything else (projections,
+                  norms, MLP: the cheap part). Backward then runs the attention backward
+                  directly from the saved output instead of re-running the attention forward;
+* ``"full"``      recompute the whole block (diffusers' behaviour; least memory).
+
+``plan_modes`` picks the modes from a memory budget and per-block memory measured by
+``probe_block_memory`` (one real block forward/backward at the training shape), so the fastest
+plan that fits is used. ``apply_block_ac`` installs the modes; it composes with
+``torch.compile`` of each block (cosmos_hal.train.compile): dynamo turns the checkpoint into a
+higher-order op and the compiler's partitioner honours the same policy.
+
+Nothing here names a device: memory numbers come from ``torch.accelerator`` / the backend.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+from dataclasses import asdict, dataclass
+
+import torch
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+MODES = ("none", "selective", "full")
+
+# Keys shorter than this are cross-attention (512 text tokens): cheap to recompute, so their
+# outputs are not worth the memory of saving them.
+SAVE_MIN_KEYS = 2048
+
+
+def _sdpa_ops() -> tuple:
+    names = ("_scaled_dot_product_cudnn_attention", "_scaled_dot_product_flash_attention",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_flash_attention_for_cpu",
+             "_scaled_dot_product_fused_attention_overrideable")
+    aten = torch.ops.aten
+    return tuple(getattr(aten, n).default for n in names if hasattr(aten, n))
+
+
+SDPA_OPS = _sdpa_ops()
+
+
+def _seq_lengths(args) -> tuple[int, int]:
+    """(query length, key length) of an SDPA aten call (BNSD q, k first)."""
+    if len(args) > 1 and all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in args[:2]):
+        return int(args[0].shape[-2]), int(args[1].shape[-2])
+    return 0, 0
+
+
+def save_attention_policy(ctx, op, *args, **kwargs):
+    """Selective-checkpoint policy: keep self-attention (and any long-context) SDPA outputs,
+    recompute everything else."""
+    if op in SDPA_OPS:
+        sq, sk = _seq_lengths(args)
+        if sk == sq or sk >= SAVE_MIN_KEYS:
+            return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def selective_context():
+    """context_fn for torch.utils.checkpoint (a module-level function, so dynamo can trace it)."""
+    return create_selective_checkpoint_contexts(save_attention_policy)
+
+
+def transformer_blocks(model) -> list:
+    blocks = getattr(model, "transformer_blocks", None)
+    if blocks is None:
+        raise AttributeError(f"{type(model).__name__} has no transformer_blocks; cannot checkpoint by block")
+    return list(blocks)
+
+
+def _checkpointed_forward(block, *args, **kwargs):
+    """The block's forward under its AC mode (read each call, so it can be changed later)."""
+    inner = functools.partial(type(block).forward, block)
+    mode = block._cosmos_hal_ac
+    if mode == "none" or not torch.is_grad_enabled():
+        return inner(*args, **kwargs)
+    if mode == "selective":
+        return checkpoint(inner, *args, use_reentrant=False, context_fn=selective_context, **kwargs)
+    return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+
+
+def apply_block_ac(model, modes) -> list[str]:
+    """Checkpoint block i of ``model`` with ``modes[i]`` (or one mode string for all blocks).
+
+    Turns diffusers' own checkpointing off (it would checkpoint twice). Module structure and
+    state_dict keys are unchanged: the block's ``forward`` is replaced on the instance only.
+    Returns the modes installed."""
+    blocks = transformer_blocks(model)
+    if isinstance(modes, str):
+        modes = [modes] * len(blocks)
+    modes = list(modes)
+    if len(modes) != len(blocks):
+        raise ValueError(f"apply_block_ac: {len(modes)} modes for {len(blocks)} blocks")
+    bad = sorted({m for m in modes if m not in MODES})
+    if bad:
+        raise ValueError(f"apply_block_ac: unknown mode(s) {bad}; use {', '.join(MODES)}")
+    if getattr(model, "gradient_checkpointing", False):
+        model.disable_gradient_checkpointing()
+    for block, mode in zip(blocks, modes):
+        block._cosmos_hal_ac = mode
+        block.forward = functools.partial(_checkpointed_forward, block)
+    return modes
+
+
+def remove_block_ac(model) -> None:
+    for block in transformer_blocks(model):
+        block.__dict__.pop("forward", None)
+        block.__dict__.pop("_cosmos_hal_ac", None)
+
+
+def block_modes(model) -> list[str]:
+    return [getattr(b, "_cosmos_hal_ac", "none") for b in transformer_blocks(model)]
+
+
+# -- sizing to memory -------------------------------------------------------------------------
+
+
+@dataclass
+class BlockMemory:
+    """Bytes one block keeps for backward per mode, and the largest transient in its backward."""
+
+    saved: dict  # mode -> bytes held from the block's forward until its backward (output excluded)
+    backward_peak: int  # extra bytes at the peak of one block's backward (recompute + grads)
+    output: int = 0  # bytes of the block's output, kept as the next block's input in every mode
+
+    def per_block(self, mode: str) -> int:
+        """Bytes one block in ``mode`` holds until its backward."""
+        return int(self.saved.get(mode, 0)) + int(self.output)
+
+    def as_gb(self) -> dict:
+        d = asdict(self)
+        d["saved"] = {m: v / 2**30 for m, v in self.saved.items()}
+        d["backward_peak"] = self.backward_peak / 2**30
+        d["output"] = self.output / 2**30
+        return d
+
+
+class _StopForward(Exception):
+    pass
+
+
+def capture_block_inputs(model, forward) -> tuple[tuple, dict]:
+    """Positional/keyword inputs of ``model.transformer_blocks[0]`` in the real forward.
+
+    ``forward()`` runs the model; it is stopped at block 0, so only the embeddings run."""
+    block = transformer_blocks(model)[0]
+    captured = {}
+
+    def hook(module, args, kwargs):
+        captured["args"], captured["kwargs"] = args, kwargs
+        raise _StopForward
+
+    handle = block.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            forward()
+    except _StopForward:
+        pass
+    finally:
+        handle.remove()
+    if "args" not in captured:
+        raise RuntimeError("capture_block_inputs: the forward never reached transformer_blocks[0]")
+    return captured["args"], captured["kwargs"]
+
+
+def _allocated() -> int:
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and acc.is_available():
+        return int(acc.memory_allocated())
+    return 0
+
+
+def _reset_peak() -> None:
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and acc.is_available():
+        acc.reset_peak_memory_stats()
+
+
+def _peak() -> int:
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and acc.is_available():
+        return int(acc.max_memory_allocated())
+    return 0
+
+
+def probe_block_memory(model, block_args, block_kwargs, *, autocast_dtype=torch.bfloat16,
+                       device_type: str | None = None, modes=MODES) -> BlockMemory:
+    """Measure block 0 at the real inputs: bytes kept after forward in each mode, and the
+    transient peak of its backward. Gradients it creates are freed again.
+
+    Needs an accelerator with memory counters (torch.accelerator); on the CPU it returns
+    zeros (the plan then falls back to the budget given by the caller)."""
+    block = transformer_blocks(model)[0]
+    saved_mode = getattr(block, "_cosmos_hal_ac", None)
+    had_forward = "forward" in block.__dict__
+    device_type = device_type or block_args[0].device.type
+    hidden = block_args[0].detach().clone().requires_grad_(True)
+    args = (hidden,) + tuple(block_args[1:])
+    saved, bwd_peak, out_bytes = {}, 0, 0
+    try:
+        if not had_forward:
+            block.forward = functools.partial(_checkpointed_forward, block)
+        for mode in modes:
+            block._cosmos_hal_ac = mode
+            gc.collect()
+            before = _allocated()
+            with torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                out = block(*args, **block_kwargs)
+            out_bytes = out.numel() * out.element_size()
+            saved[mode] = max(0, _allocated() - before - out_bytes)
+            _reset_peak()
+            base = _allocated()
+            out.float().square().mean().backward()
+            bwd_peak = max(bwd_peak, _peak() - base)
+            del out
+            hidden.grad = None
+            for p in block.parameters():
+                p.grad = None
+    finally:
+        if saved_mode is None:
+            block.__dict__.pop("_cosmos_hal_ac", None)
+        else:
+            block._cosmos_hal_ac = saved_mode
+        if not had_forward:
+            block.__dict__.pop("forward", None)
+    return BlockMemory(saved=saved, backward_peak=int(bwd_peak), output=int(out_bytes))
+
+
+def plan_modes(n_blocks: int, memory: BlockMemory, budget_bytes: float, *, allow_none: bool = True) -> list[str]:
+    """The fastest per-block modes whose saved activations fit ``budget_bytes``.
+
+    Order of preference: every block selective, then as many blocks as fit without
+    checkpointing ("none", placed last); if even all-selective does not fit, as many selective
+    blocks as fit and the rest full. ``budget_bytes`` must already exclude weights, gradients,
+    optimizer states and the backward transient (see ``activation_budget``)."""
+    full, sel, none = (memory.per_block(m) for m in ("full", "selective", "none"))
+    if n_blocks * sel <= budget_bytes:
+        modes = ["selective"] * n_blocks
+        extra = none - sel
+        if allow_none and extra > 0:
+            n_none = int(min(n_blocks, (budget_bytes - n_blocks * sel) // extra))
+            for i in range(n_blocks - n_none, n_blocks):
+                modes[i] = "none"
+        elif allow_none and extra <= 0:
+            modes = ["none"] * n_blocks
+        return modes
+    extra = sel - full
+    n_sel = int(max(0, (budget_bytes - n_blocks * full) // extra)) if extra > 0 else n_blocks
+    n_sel = min(n_blocks, n_sel)
+    return ["full"] * (n_blocks - n_sel) + ["selective"] * n_sel
+
+
+def activation_budget(*, total_bytes: float, persistent_bytes: float, backward_peak_bytes: float,
+                      other_bytes: float = 0.0, headroom: float = 0.08) -> float:
+    """Bytes left for saved block activations: the device minus ``headroom`` (fragmentation,
+    library workspaces), minus what lives all step long (weights, grads, optimizer states,
+    autocast weight copies), one block's backward transient and the rest of the model."""
+    return total_bytes * (1.0 - headroom) - persistent_bytes - backward_peak_bytes - other_bytes
+
+
+def persistent_bytes(model, *, autocast_weight_bytes: int = 2) -> int:
+    """Weights + (grads + two AdamW moments) of trainable fp32 params + autocast's low-precision
+    copies of every matrix weight held during the forward."""
+    total = 0
+    for p in model.parameters():
+        total += p.numel() * p.element_size()
+        if p.requires_grad:
+            total += 3 * p.numel() * 4
+        if p.dim() >= 2:
+            total += p.numel() * autocast_weight_bytes
+    return total
