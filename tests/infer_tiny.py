@@ -71,3 +71,38 @@ def write_image(path, height: int = 32, width: int = 48, seed: int = 0) -> Path:
     img = np.stack([x * 255 // max(1, width - 1), y * 255 // max(1, height - 1), (x + y + 40 * seed) % 256], -1)
     img[height // 4 : height // 2, width // 4 : width // 2] = (200, 30, 60)
     return _write(path, img.astype(np.uint8))
+
+
+def save_tiny_predict25_pipeline(folder) -> Path:
+    """A tiny Cosmos-Predict2.5 pipeline: tiny-2.5 DiT, a 3-layer Qwen2.5-VL text model of
+    width 32 (3 x 32 = 96 features, what tiny-2.5 projects), the word-level tokenizer with a
+    plain chat template, UniPC with flow sigmas as diffusers' conversion script sets it."""
+    import torch
+    from diffusers import Cosmos2_5_PredictBasePipeline, UniPCMultistepScheduler
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from cosmos_hal.infer.guardrail import PassThroughSafetyChecker
+    from cosmos_hal.models.dit import build_transformer
+    from cosmos_hal.models.vae import build_vae
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = "{% for m in messages %}{% for c in m['content'] %}{{ c['text'] }} {% endfor %}{% endfor %}"
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=1024,
+                         bos_token_id=1, eos_token_id=1, pad_token_id=0,
+                         rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+        vision_config=dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
+                           fullatt_block_indexes=[0]),
+    )
+    torch.manual_seed(0)  # test fixture only
+    text_encoder = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    scheduler = UniPCMultistepScheduler(use_karras_sigmas=True, use_flow_sigmas=True,
+                                        prediction_type="flow_prediction", sigma_max=200.0, sigma_min=0.01)
+    pipe = Cosmos2_5_PredictBasePipeline(
+        text_encoder=text_encoder, tokenizer=tokenizer,
+        transformer=build_transformer("tiny-2.5", init_seed=1, install_hal_processor=False),
+        vae=build_vae("tiny", init_seed=2), scheduler=scheduler, safety_checker=PassThroughSafetyChecker())
+    folder = Path(folder)
+    pipe.save_pretrained(folder)
+    return folder

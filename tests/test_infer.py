@@ -142,11 +142,18 @@ def test_default_temporal_rope_is_unscaled_like_the_checkpoints_and_fps_scaling_
     assert rel > 1e-3, f"fps scaling changed the output by only {rel:.2e}"
 
 
-def test_fps_scaling_flag_changes_the_generated_video(assets, v2w_pipe):
-    scaled = load_pipeline(LoadOptions(task="video2world", model=str(assets["v2w"]), fps_scaling=True))
+def test_fps_scaling_changes_the_generated_video(assets, v2w_pipe):
+    """The loaded pipeline has the checkpoints' unscaled RoPE; diffusers' scaling (what
+    --fps_scaling keeps) changes the video."""
     req = _request(assets, seed=4)
+    assert rope_fps.temporal_rope_scale(v2w_pipe.transformer, req.fps) == 1.0
     a = video2world(v2w_pipe, req)
-    b = video2world(scaled, req)
+    rope_fps.enable_fps_scaling(v2w_pipe.transformer)
+    try:
+        assert rope_fps.temporal_rope_scale(v2w_pipe.transformer, req.fps) == 1.5
+        b = video2world(v2w_pipe, req)
+    finally:
+        rope_fps.disable_fps_scaling(v2w_pipe.transformer)
     assert not np.array_equal(a, b)
 
 
