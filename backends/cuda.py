@@ -11,7 +11,6 @@ from cosmos_hal import registry
 from cosmos_hal.attention import AttentionCall, from_bsnd, requires, to_bsnd
 from cosmos_hal.backend import Backend, Probe
 from cosmos_hal.ops import param_tensors
-from cosmos_hal.ops import requires as ops_requires
 
 
 def _npu_masquerades_as_cuda() -> bool:
@@ -179,7 +178,7 @@ def _on_gpu(x, *rest) -> str | None:
     return None if x.device.type == "cuda" else f"tensor on {x.device}; apex kernels need a GPU"
 
 
-@ops_requires(_on_gpu)
+@requires(_on_gpu)
 @registry.register("rms_norm", "apex", ranks={"cuda": 0}, probe=_apex_rms_norm_probe)
 def apex_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """NVIDIA apex FusedRMSNorm kernel (float32 inside, output in x's dtype)."""
@@ -204,7 +203,7 @@ def _params_on_gpu(params) -> str | None:
     return None if devices == {"cuda"} else f"parameters on {sorted(devices)}; apex FusedAdam needs GPU ones"
 
 
-@ops_requires(_params_on_gpu)
+@requires(_params_on_gpu)
 @registry.register("adamw", "apex", ranks={"cuda": 1}, probe=_apex_adam_probe)
 def apex_fused_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Optimizer:
     """NVIDIA apex FusedAdam in AdamW mode (decoupled weight decay)."""

@@ -33,14 +33,13 @@ import os
 import sys
 import types
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cosmos_hal import registry
-from cosmos_hal.ops import pick_kernel
+from cosmos_hal.ops import pick_kernel, requires  # noqa: F401  (kernels attach constraints with it)
 
 OP = "attention"
 LAYOUTS = ("BSND", "BNSD")
@@ -69,17 +68,6 @@ class AttentionCall:
     def seq_lens(self) -> tuple[int, int]:
         axis = 1 if self.layout == "BSND" else 2
         return self.q.shape[axis], self.k.shape[axis]
-
-
-def requires(check: Callable[[AttentionCall], str | None]):
-    """Attach a constraint to a kernel: ``check(call)`` returns None if the kernel can run
-    the call, else the reason it cannot (the front end then tries the next kernel)."""
-
-    def wrap(fn):
-        fn.supports = check
-        return fn
-
-    return wrap
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str = "BSND",

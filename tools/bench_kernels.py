@@ -115,8 +115,6 @@ def bench_one(kernel: str, sub: str | None, shape, device, backend, warmup: int,
                 os.environ.pop(ENV_SDPA_BACKEND, None)
             else:
                 os.environ[ENV_SDPA_BACKEND] = saved
-        del q, k, v, grad_out
-        _free(device)
     median = statistics.median(times)
     return {"median_s": median, "times_s": times, "tflops": attention_flops(*shape) / median / 1e12}
 
@@ -157,6 +155,7 @@ def run(args) -> dict:
         todo_iter = todo
     for label, kernel, sub, name, shape in todo_iter:
         result = bench_one(kernel, sub, shape, device, backend, args.warmup, args.repeats)
+        _free(device)  # the run's tensors died with bench_one; give the cache back between runs
         if "tflops" in result:
             result["fraction_of_ceiling"] = result["tflops"] / report["ceiling"]["tflops"]
         b, sq, sk, n, d = shape
