@@ -7,6 +7,7 @@ first fix touched it). Revert puts those bytes back, so reverted files are byte-
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -154,8 +155,6 @@ def _original_path(target: Target, rel: str) -> str:
 
 
 def _sha(data: bytes) -> str:
-    import hashlib
-
     return hashlib.sha256(data).hexdigest()
 
 

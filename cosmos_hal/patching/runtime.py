@@ -78,6 +78,11 @@ def empty_cache() -> None:
         fn()
 
 
+def new_stream():
+    """A side stream on the backend's device (upstream's context-parallel all-to-all stream)."""
+    return _device_module().Stream()
+
+
 def reset_peak_memory_stats() -> None:
     backend().reset_peak_memory()
 
@@ -242,8 +247,3 @@ def training_noise(owner, shape, iteration: int | None = None, dtype=torch.float
     owner._hal_noise_index = index + 1
     key = rng.Key(torch.initial_seed() % 2**63, "noise", int(it), _rank(), index)
     return rng.normal(key, tuple(shape), dtype=dtype, device=local_device())
-
-
-def new_stream():
-    """A side stream on the backend's device (upstream's context-parallel all-to-all stream)."""
-    return _device_module().Stream()
