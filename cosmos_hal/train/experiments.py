@@ -116,6 +116,7 @@ class Experiment:
     save_iter: int = 500
     logging_iter: int = 10
     keep_last: int = 2
+    save_at_end: bool = True  # also checkpoint after the last iteration (off for benchmarks)
     batch_size: int = 1  # per process
     grad_accum: int = 1
     precision: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32

@@ -85,12 +85,20 @@ def build_model(exp: Experiment, device):
     return model, preset
 
 
+def vae_source(exp: Experiment) -> str:
+    """vae_path, else the pipeline folder's vae/, else the preset shape (random weights)."""
+    if exp.vae_path:
+        return exp.vae_path
+    if exp.model_path and os.path.isfile(os.path.join(exp.model_path, "vae", "config.json")):
+        return os.path.join(exp.model_path, "vae")
+    return "tiny" if exp.preset.startswith("tiny") else "wan2.1"
+
+
 def build_vae_for(exp: Experiment, device):
     from cosmos_hal.models.vae import build_vae
 
     dtype = torch.bfloat16 if exp.precision == "bf16" else torch.float32
-    return build_vae(exp.vae_path or ("tiny" if exp.preset.startswith("tiny") else "wan2.1"),
-                     dtype=dtype, device=device, init_seed=exp.seed)
+    return build_vae(vae_source(exp), dtype=dtype, device=device, init_seed=exp.seed)
 
 
 def build_data(exp: Experiment, preset, world):
@@ -161,6 +169,8 @@ def train(exp: Experiment) -> dict:
     logger.info(f"backend {backend.name} ({world.dist_backend}), world size {world.world_size}, device {world.device}")
     if not exp.model_path:
         logger.info(f"model_path not set: training {exp.preset} from RANDOM weights (seeded init)")
+    if os.sep not in vae_source(exp):
+        logger.info(f"VAE: preset {vae_source(exp)!r} with RANDOM weights (set vae_path= for real latents)")
 
     model, preset = build_model(exp, world.device)
     vae = build_vae_for(exp, world.device)
@@ -255,7 +265,7 @@ def train(exp: Experiment) -> dict:
                 first_losses.append(last_loss)
             logger.log(record)
             t_window, it_window = time.perf_counter(), 0
-        if iteration % exp.save_iter == 0 or iteration == exp.max_iter:
+        if iteration % exp.save_iter == 0 or (iteration == exp.max_iter and exp.save_at_end):
             save()
 
     summary = {
