@@ -363,3 +363,34 @@ def test_direct_api_rejects_bad_size():
         check_size(700, 1280, 93)
     check_size(704, 1280, 93)
     check_size(768, 1360, None)
+
+
+def test_nvidia_checkpoint_with_vae_and_text_encoder_paths_and_video_conditioning(assets, v2w_pipe, tmp_path):
+    """--model x.pt (upstream MiniTrainDIT names under net., as NVIDIA's training checkpoints
+    store them) + --vae_path + --text_encoder_path gives the same video as the diffusers
+    folder with the same weights; conditioning from --video."""
+    from cosmos_hal.data.video_io import read_video, write_video
+    from cosmos_hal.infer.conditioning import load_conditioning
+    from cosmos_hal.models.convert import diffusers_key_to_upstream
+
+    state = {f"net.{diffusers_key_to_upstream(k)}": v for k, v in v2w_pipe.transformer.state_dict().items()}
+    pt = tmp_path / "iter_000000010.pt"
+    torch.save({"model": state}, pt)
+    clip = np.stack([np.asarray(load_conditioning(image=assets["image"])["image"])] * 3)
+    video = write_video(tmp_path / "clip.mp4", clip, fps=16)
+    args = ["--video", str(video), "--prompt", PROMPT, "--num_frames", str(T),
+            "--seed", "6", *SIZE_ARGS]
+    assert cli(["infer", "video2world", "--model", str(pt), "--preset", "tiny",
+                "--vae_path", str(assets["v2w"] / "vae"), "--text_encoder_path", str(assets["v2w"]),
+                *args, "--out", str(tmp_path / "pt.mp4")]) == 0
+    assert cli(["infer", "video2world", "--model", str(assets["v2w"]), *args, "--out", str(tmp_path / "dir.mp4")]) == 0
+    from_pt, from_dir = read_video(tmp_path / "pt.mp4"), read_video(tmp_path / "dir.mp4")
+    assert from_pt.shape == (T, H, W, 3)
+    assert np.array_equal(from_pt, from_dir)
+
+
+def test_nvidia_checkpoint_without_vae_path_is_refused(assets, tmp_path, capsys):
+    pt = tmp_path / "model-720p-16fps.pt"
+    torch.save({}, pt)
+    rc, err = _run_bad(assets, capsys, model=pt)
+    assert rc == 2 and "--vae_path" in err and "NVIDIA checkpoint" in err
