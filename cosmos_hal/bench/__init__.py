@@ -1,0 +1,1 @@
+"""Benchmarks that measure cosmos_hal against the diffusers reference on the same device."""

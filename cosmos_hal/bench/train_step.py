@@ -1,0 +1,695 @@
+"""One training step of the Cosmos DiT, diffusers reference path vs cosmos_hal fast path,
+measured side by side on one device (issue 9). Logic for tools/bench_train_step.py.
+
+Reference path (what a typical diffusers user runs): ``CosmosTransformer3DModel`` with its
+default attention processor, ``model.enable_gradient_checkpointing()`` (every block
+recomputed), ``torch.optim.AdamW`` with its default implementation flags, bf16 autocast,
+fp32 master weights.
+
+cosmos_hal path: the same model and inputs through ``cosmos_hal.train.compile.make_fast``
+(fused QK-norm + RoPE processor with the kernel resolved once, per-block selective activation
+checkpointing sized to memory, torch.compile of each block) and the backend's fused AdamW.
+
+Both: random weights (no download), batch 1, synthetic cached latents and text embeddings
+already on the device (the training loop reads cached latents, no VAE/T5 in the step), the
+same loss and gradient clipping, no host synchronisation inside the step.
+
+Every setting runs in its own try/except: an out-of-memory is recorded, not fatal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import torch
+
+from cosmos_hal import rng
+from cosmos_hal.bench.flops import Shape, forward_flops, parse_shape, train_flops
+
+LR, BETAS, EPS, WD = 2**-14.5 * 0.6, (0.9, 0.99), 1e-8, 0.1  # upstream Predict2-2B recipe
+PATHS = ("reference", "hal", "hal-eager")
+TRAIN_MODES = ("full", "lora")
+
+
+# -- device helpers (vendor-neutral: cosmos_hal backend + torch.accelerator) ------------------
+
+
+def _backend():
+    from cosmos_hal import current_backend
+
+    return current_backend()
+
+
+def _accel():
+    acc = getattr(torch, "accelerator", None)
+    return acc if acc is not None and acc.is_available() else None
+
+
+def free_memory() -> None:
+    """Release what the last setting left: Python garbage, then the caching allocator."""
+    gc.collect()
+    acc = _accel()
+    if acc is not None:
+        acc.synchronize()
+        acc.empty_cache()
+
+
+def device_total_bytes() -> int:
+    acc = _accel()
+    if acc is None:
+        return 0
+    try:
+        return int(acc.get_memory_info()[1])
+    except Exception:  # an accelerator without memory info
+        return 0
+
+
+def peak_gb() -> float:
+    stats = _backend().memory_stats()
+    for key in ("peak_allocated_gb", "peak_rss_gb"):
+        if key in stats:
+            return float(stats[key])
+    return float("nan")
+
+
+def reserved_gb() -> float:
+    return float(_backend().memory_stats().get("reserved_gb", float("nan")))
+
+
+def is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
+
+
+# -- model and inputs ----------------------------------------------------------------------
+
+
+@torch.no_grad()
+def init_on_device_(model, seed: int) -> None:
+    """Random weights drawn on the device with a seeded generator (the values do not change
+    the speed; drawing 2e9 numbers on the device takes milliseconds, on the CPU seconds).
+    Same rules as cosmos_hal.models.init; LoRA B starts at zero as peft's does."""
+    from cosmos_hal.models.init import _param_rule
+
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        rule = "zeros" if ".lora_B." in name else _param_rule(name, p.shape)
+        if rule == "zeros":
+            p.zero_()
+        elif rule == "ones":
+            p.fill_(1.0)
+        else:
+            bound = 1.0 / math.sqrt(max(1, math.prod(p.shape[1:])))
+            p.uniform_(-bound, bound, generator=gen)
+
+
+def build_model(preset, device, *, lora_rank: int, seed: int = 0):
+    """fp32 model on ``device`` with diffusers' default processor (and LoRA adapters if rank>0)."""
+    from cosmos_hal.models.dit import build_transformer
+
+    model = build_transformer(preset, meta=True, install_hal_processor=False)
+    if lora_rank > 0:
+        from cosmos_hal.models import lora
+
+        lora.add_adapters(model, rank=lora_rank, seed=seed)
+    model.to_empty(device=device)
+    init_on_device_(model, seed)
+    model.train()
+    return model
+
+
+@dataclass
+class StepInputs:
+    """Cached latents, text embeddings and the conditioning a training step feeds the DiT."""
+
+    x_in: torch.Tensor
+    timestep: torch.Tensor
+    condition_mask: torch.Tensor | None
+    padding_mask: torch.Tensor
+    text: torch.Tensor
+    target: torch.Tensor
+
+
+def make_inputs(preset, shape: Shape, device, seed: int = 0) -> StepInputs:
+    """A video2world sample: one clean conditioning latent frame, sigma = 1 noise elsewhere."""
+    t, h, w = shape.latent()
+    c = preset.latent_channels
+    x0 = rng.normal(rng.Key(seed, "bench_x0"), (1, c, t, h, w), device=device)
+    noise = rng.normal(rng.Key(seed, "bench_noise"), (1, c, t, h, w), device=device)
+    text = rng.normal(rng.Key(seed, "bench_text"), (1, shape.text_tokens, preset.context_dim), device=device)
+    frame = torch.zeros(1, 1, t, 1, 1, device=device)
+    frame[:, :, :1] = 1.0
+    x_in = frame * x0 + (1 - frame) * (x0 + noise) * 0.5  # c_in = 1/(1+sigma) at sigma = 1
+    timestep = torch.where(frame > 0, torch.full_like(frame, 1e-4), torch.full_like(frame, 0.5))
+    cond = frame.expand(1, 1, t, h, w).contiguous() if preset.has_condition_mask else None
+    return StepInputs(x_in, timestep, cond, torch.zeros(1, 1, h, w, device=device), text, x0)
+
+
+def forward_loss(model, inp: StepInputs, *, amp_dtype, device_type: str) -> torch.Tensor:
+    with torch.autocast(device_type=device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        out = model(hidden_states=inp.x_in, timestep=inp.timestep, encoder_hidden_states=inp.text,
+                    condition_mask=inp.condition_mask, padding_mask=inp.padding_mask, return_dict=False)[0]
+    return (out.float() - inp.target).square().mean()
+
+
+def train_step(model, optimizer, params, inp: StepInputs, *, amp_dtype, device_type: str) -> torch.Tensor:
+    """forward, backward, clip at 1.0, AdamW step; returns the loss as a device tensor (no sync)."""
+    loss = forward_loss(model, inp, amp_dtype=amp_dtype, device_type=device_type)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    optimizer.zero_grad()
+    return loss.detach()
+
+
+# -- the cosmos_hal path's memory plan -------------------------------------------------------
+
+
+def resolve_ac(args, model, preset, inp: StepInputs, device, amp_dtype, *, mode: str) -> tuple:
+    """(per-block AC modes, block memory probe or None, how they were chosen)."""
+    from cosmos_hal.train import ac
+
+    n = preset.num_layers
+    spec = args.ac
+    if spec in ac.MODES:
+        return [spec] * n, None, f"--ac {spec}"
+    if spec == "mixed":  # every mode once per three blocks: the smoke test's coverage
+        return [ac.MODES[(i + 1) % 3] for i in range(n)], None, "--ac mixed"
+    if "," in spec:
+        modes = [m.strip() for m in spec.split(",")]
+        if len(modes) != n or any(m not in ac.MODES for m in modes):
+            raise ValueError(f"--ac {spec!r}: give {n} modes from {ac.MODES}")
+        return modes, None, "--ac list"
+    if spec.startswith("selective:"):
+        frac = float(spec.split(":", 1)[1])
+        k = max(0, min(n, round(frac * n)))
+        return ["full"] * (n - k) + ["selective"] * k, None, f"--ac {spec}"
+    if spec != "auto":
+        raise ValueError(f"--ac {spec!r}: use auto, none, selective, full, mixed, selective:FRACTION "
+                         f"or a comma list of {n} modes")
+    args_kwargs = ac.capture_block_inputs(model, lambda: forward_loss(model, inp, amp_dtype=amp_dtype,
+                                                                       device_type=device.type))
+    memory = ac.probe_block_memory(model, *args_kwargs, autocast_dtype=amp_dtype, device_type=device.type)
+    model.zero_grad(set_to_none=True)
+    free_memory()
+    total = args.memory_budget_gb * 2**30 if args.memory_budget_gb else device_total_bytes()
+    if not total:
+        return ["selective"] * n, memory, "auto: no device memory information, all selective"
+    budget = ac.activation_budget(total_bytes=total, persistent_bytes=ac.persistent_bytes(model),
+                                  backward_peak_bytes=memory.backward_peak,
+                                  other_bytes=6 * memory.output, headroom=args.memory_headroom)
+    modes = ac.plan_modes(n, memory, budget)
+    return modes, memory, f"auto: activation budget {budget / 2**30:.1f} GiB of {total / 2**30:.1f}"
+
+
+# -- one setting ---------------------------------------------------------------------------
+
+
+@dataclass
+class Setting:
+    shape: Shape
+    mode: str  # full | lora
+    path: str  # reference | hal | hal-eager
+
+
+@dataclass
+class Result:
+    shape: str
+    tokens: int
+    mode: str
+    path: str
+    status: str = "ok"  # ok | oom | error
+    error: str = ""
+    step_times_s: list = field(default_factory=list)
+    first_step_s: float = float("nan")
+    median_s: float = float("nan")
+    tokens_per_s: float = float("nan")
+    model_tflop: float = float("nan")
+    tflops: float = float("nan")
+    mfu: float = float("nan")
+    peak_gb: float = float("nan")
+    reserved_gb: float = float("nan")
+    loss: float = float("nan")
+    trainable_params: int = 0
+    fast: dict = field(default_factory=dict)
+    ac_reason: str = ""
+    block_memory_gb: dict = field(default_factory=dict)
+    fallbacks: list = field(default_factory=list)
+
+
+def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling_tflops: float,
+                *, ac_override=None, compile_override=None) -> Result:
+    """Build, warm up, time one setting; the caller catches failures."""
+    from cosmos_hal.train.compile import fast_optimizer, make_fast
+
+    amp_dtype = None if args.fp32 else torch.bfloat16
+    res = Result(shape=setting.shape.label, tokens=setting.shape.tokens(preset.patch_size), mode=setting.mode,
+                 path=setting.path)
+    model = build_model(preset, device, lora_rank=args.lora_rank if setting.mode == "lora" else 0, seed=args.seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    res.trainable_params = sum(p.numel() for p in params)
+    if setting.path == "reference":
+        model.enable_gradient_checkpointing()
+        optimizer = torch.optim.AdamW(params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
+    else:
+        if ac_override is not None:
+            modes, memory, why = ac_override, None, "fallback after out-of-memory"
+        else:
+            modes, memory, why = resolve_ac(args, model, preset, inp, device, amp_dtype, mode=setting.mode)
+        res.ac_reason = why
+        if memory is not None:
+            res.block_memory_gb = memory.as_gb()
+        use_compile = (setting.path == "hal" and args.compile == "on") if compile_override is None else compile_override
+        res.fast = make_fast(model, ac_modes=modes, compile=use_compile, compile_backend=args.compile_backend,
+                             device=device, compute_dtype=amp_dtype or torch.float32)
+        optimizer = fast_optimizer(params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
+    backend = _backend()
+    step = lambda: train_step(model, optimizer, params, inp, amp_dtype=amp_dtype, device_type=device.type)  # noqa: E731
+    try:
+        for i in range(max(1, args.warmup)):
+            t0 = time.perf_counter()
+            loss = step()
+            backend.synchronize()
+            if i == 0:
+                res.first_step_s = time.perf_counter() - t0
+        backend.reset_peak_memory()
+        times = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            loss = step()
+            backend.synchronize()
+            times.append(time.perf_counter() - t0)
+        res.loss = float(loss)  # the only device->host read, after timing
+        res.step_times_s = times
+        res.median_s = statistics.median(times)
+        res.peak_gb = peak_gb()
+        res.reserved_gb = reserved_gb()
+        res.model_tflop = train_flops(preset, setting.shape) / 1e12
+        res.tokens_per_s = res.tokens / res.median_s
+        res.tflops = res.model_tflop / res.median_s
+        res.mfu = res.tflops / ceiling_tflops if ceiling_tflops else float("nan")
+        if not math.isfinite(res.loss):
+            res.status, res.error = "error", f"loss is {res.loss}"
+    finally:
+        del optimizer, params, model, step
+        if setting.path != "reference":
+            from cosmos_hal.train.compile import reset_compiler
+
+            reset_compiler()
+        free_memory()
+    return res
+
+
+def run_setting_safely(args, preset, setting, inp, device, ceiling) -> Result:
+    """run_setting inside try/except; the cosmos_hal path retries with safer plans on failure
+    (out of memory: all selective, then all full; compile error: the same plan eager)."""
+    attempts = [dict()]
+    if setting.path != "reference":
+        attempts += [dict(ac_override="selective"), dict(ac_override="full")]
+    fallbacks = []
+    for i, kw in enumerate(attempts):
+        if i and setting.path == "hal" and fallbacks and fallbacks[-1].startswith("error") and args.compile == "on":
+            kw = dict(kw, compile_override=False)
+        try:
+            res = run_setting(args, preset, setting, inp, device, ceiling, **kw)
+            res.fallbacks = fallbacks
+            return res
+        except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
+            kind = "oom" if is_oom(exc) else "error"
+            msg = f"{kind}: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+            fallbacks.append(msg)
+            tb = traceback.format_exc(limit=6)
+            del exc
+            free_memory()
+            _log(f"  {setting.shape.label} {setting.mode} {setting.path}: {msg}")
+            if kind == "error" and not args.quiet:
+                _log(tb)
+            if setting.path == "reference" or not args.retry:
+                break
+    res = Result(shape=setting.shape.label, tokens=setting.shape.tokens(preset.patch_size), mode=setting.mode,
+                 path=setting.path, status="oom" if fallbacks[-1].startswith("oom") else "error",
+                 error=fallbacks[-1])
+    res.fallbacks = fallbacks
+    return res
+
+
+# -- matmul ceiling ------------------------------------------------------------------------
+
+
+def matmul_ceiling(device, n: int = 8192, dtype=torch.bfloat16, repeats: int = 5, inner: int = 10) -> float:
+    """Median bf16 n^3 matmul TFLOP/s on ``device`` (the MFU denominator of this run)."""
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+    backend = _backend()
+    for _ in range(3):
+        a @ b
+    backend.synchronize()
+    rates = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            a @ b
+        backend.synchronize()
+        rates.append(2 * n**3 * inner / (time.perf_counter() - t0) / 1e12)
+    del a, b
+    return statistics.median(rates)
+
+
+# -- numerics check --------------------------------------------------------------------------
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+def _grads(model) -> torch.Tensor:
+    return torch.cat([p.grad.reshape(-1).double() for p in model.parameters() if p.grad is not None])
+
+
+def check_numerics(args, preset, device, *, shape: Shape, compile_fast: bool = False) -> dict:
+    """Loss and gradients of the fast path vs the reference on identical weights and inputs.
+
+    Truth is the reference path in float32 without autocast; the reference in bf16 autocast
+    shows what bf16 alone costs; the fast path (selective AC, fused processor) passes when its
+    error is within 1e-2 or within twice the reference's own bf16 error, and is finite."""
+    from cosmos_hal.train.compile import make_fast, reset_compiler
+
+    inp = make_inputs(preset, shape, device, seed=args.seed + 1)
+    ref = build_model(preset, device, lora_rank=0, seed=args.seed)
+    ref.enable_gradient_checkpointing()
+    out = {"shape": shape.label, "tokens": shape.tokens(preset.patch_size), "compile": compile_fast}
+
+    def loss_and_grads(model, amp):
+        model.zero_grad(set_to_none=True)
+        loss = forward_loss(model, inp, amp_dtype=torch.bfloat16 if amp else None, device_type=device.type)
+        loss.backward()
+        return loss.detach().double(), _grads(model)
+
+    try:
+        t_loss, t_grad = loss_and_grads(ref, amp=False)
+        r_loss, r_grad = loss_and_grads(ref, amp=True)
+        fast = build_model(preset, device, lora_rank=0, seed=args.seed)
+        fast.load_state_dict(ref.state_dict())
+        ref.zero_grad(set_to_none=True)
+        make_fast(fast, ac_modes="selective", compile=compile_fast, compile_backend=args.compile_backend,
+                  device=device)
+        f_loss32, f_grad32 = loss_and_grads(fast, amp=False)
+        f_loss, f_grad = loss_and_grads(fast, amp=True)
+        finite = bool(torch.isfinite(f_loss) and torch.isfinite(f_grad).all())
+        out.update({
+            "fp32_loss_rel_err": _rel(f_loss32, t_loss), "fp32_grad_rel_err": _rel(f_grad32, t_grad),
+            "bf16_reference_loss_rel_err": _rel(r_loss, t_loss), "bf16_reference_grad_rel_err": _rel(r_grad, t_grad),
+            "bf16_fast_loss_rel_err": _rel(f_loss, t_loss), "bf16_fast_grad_rel_err": _rel(f_grad, t_grad),
+            "finite": finite,
+        })
+        ok32 = out["fp32_loss_rel_err"] < 1e-4 and out["fp32_grad_rel_err"] < 1e-3
+        okbf = all(out[f"bf16_fast_{k}_rel_err"] <= max(1e-2, 2 * out[f"bf16_reference_{k}_rel_err"])
+                   for k in ("loss", "grad"))
+        out["passed"] = bool(finite and ok32 and okbf)
+        del fast, f_grad, f_grad32
+    except Exception as exc:  # noqa: BLE001
+        out.update(passed=False, error=f"{type(exc).__name__}: {exc}"[:500])
+    finally:
+        del ref
+        reset_compiler()
+        free_memory()
+    return out
+
+
+# -- 14B under FSDP estimate -----------------------------------------------------------------
+
+
+def estimate_fsdp(block_memory_gb: dict, shape_label: str, tokens: int, *, preset_2b, preset_big,
+                  devices: int = 8, device_gb: float = 80.0) -> dict:
+    """Per-device memory of ``preset_big`` under FSDP2 across ``devices``, from the 2B block probe.
+
+    Activations of a block scale with tokens x hidden size, so the 2B per-block bytes are
+    multiplied by hidden_big / hidden_2b (same tokens). Sharded state: fp32 weights, grads and
+    two AdamW moments (16 bytes/param) / devices. Unsharded: two blocks' bf16 weights (the one
+    computing and the prefetched one; FSDP2 MixedPrecisionPolicy(param_dtype=bf16))."""
+    from cosmos_hal.models.dit import build_transformer
+
+    big = build_transformer(preset_big, meta=True, install_hal_processor=False)
+    n_params = sum(p.numel() for p in big.parameters())
+    per_block_params = sum(p.numel() for p in big.transformer_blocks[0].parameters())
+    del big
+    scale = preset_big.hidden_size / preset_2b.hidden_size
+    sharded = 16 * n_params / devices / 2**30
+    unsharded = 2 * 2 * per_block_params / 2**30
+    out = {"preset": preset_big.name, "shape": shape_label, "tokens": tokens, "devices": devices,
+           "params": n_params, "sharded_state_gb": sharded, "unsharded_blocks_gb": unsharded,
+           "activation_scale": scale, "per_mode": {}}
+    saved = block_memory_gb.get("saved", {})
+    output = block_memory_gb.get("output", 0.0)
+    transient = block_memory_gb.get("backward_peak", 0.0) * scale
+    for mode, gb in saved.items():
+        acts = preset_big.num_layers * (gb + output) * scale
+        total = sharded + unsharded + acts + transient
+        out["per_mode"][mode] = {"activations_gb": acts, "total_gb": total, "fits": total < 0.92 * device_gb}
+    sel = (saved.get("selective", 0.0) + output) * scale
+    none_extra = (saved.get("none", 0.0) - saved.get("selective", 0.0)) * scale
+    room = 0.92 * device_gb - sharded - unsharded - transient - preset_big.num_layers * sel
+    out["max_blocks_without_ac"] = (max(0, min(preset_big.num_layers, int(room // none_extra)))
+                                    if room > 0 and none_extra > 0 else 0)
+    return out
+
+
+# -- reporting -----------------------------------------------------------------------------
+
+
+def ratios(results: list[Result]) -> list[dict]:
+    by = {(r.shape, r.mode, r.path): r for r in results}
+    out = []
+    for (shape, mode, path), r in by.items():
+        ref = by.get((shape, mode, "reference"))
+        if path == "reference" or ref is None or r.status != "ok" or ref.status != "ok":
+            continue
+        out.append({"shape": shape, "mode": mode, "path": path, "speedup": ref.median_s / r.median_s,
+                    "memory_ratio": r.peak_gb / ref.peak_gb if ref.peak_gb else float("nan")})
+    return out
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Device: {report['device']}; bf16 matmul ceiling {report['ceiling_tflops']:.0f} TFLOP/s "
+             f"({report['ceiling_size']}^3, median)", "",
+             "| shape | tokens | mode | path | s/step | tokens/s | peak GB | TFLOP/s | MFU | AC plan | status |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["settings"]:
+        counts = r.get("fast", {}).get("ac_counts")
+        plan = ("diffusers full" if r["path"] == "reference" else
+                " ".join(f"{k}:{v}" for k, v in counts.items() if v) if counts else "-")
+        if r["path"] != "reference" and r.get("fast", {}).get("compiled_blocks"):
+            plan += " +compile"
+        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error'][:60]}"
+        lines.append(f"| {r['shape']} | {r['tokens']} | {r['mode']} | {r['path']} | {_f(r['median_s'], 3)} | "
+                     f"{_f(r['tokens_per_s'], 0)} | {_f(r['peak_gb'], 1)} | {_f(r['tflops'], 0)} | "
+                     f"{_pct(r['mfu'])} | {plan} | {status} |")
+    if report["ratios"]:
+        lines += ["", "| shape | mode | path | speedup vs reference | peak memory vs reference |", "|---|---|---|---|---|"]
+        for q in report["ratios"]:
+            lines.append(f"| {q['shape']} | {q['mode']} | {q['path']} | {q['speedup']:.2f}x | {_f(q['memory_ratio'], 2)}x |")
+    for label, mem in report.get("block_memory_gb", {}).items():
+        saved = ", ".join(f"{k} {v:.2f}" for k, v in mem["saved"].items())
+        lines.append(f"\nPer-block memory at {label} (GiB): kept after forward: {saved}; block output "
+                     f"{mem['output']:.2f}; backward transient {mem['backward_peak']:.2f}")
+    for est in report.get("estimates", []):
+        modes = "; ".join(f"{m}: activations {v['activations_gb']:.1f} GB, total {v['total_gb']:.1f} GB"
+                          f"{'' if v['fits'] else ' (does not fit)'}" for m, v in est["per_mode"].items())
+        lines.append(f"\nEstimate {est['preset']} FSDP x{est['devices']} at {est['shape']}: sharded state "
+                     f"{est['sharded_state_gb']:.1f} GB + unsharded blocks {est['unsharded_blocks_gb']:.1f} GB; "
+                     f"{modes}; blocks that fit without AC: {est['max_blocks_without_ac']}")
+    if report.get("numerics"):
+        n = report["numerics"]
+        lines.append(f"\nNumerics ({n.get('shape')}): passed={n.get('passed')} " + ", ".join(
+            f"{k}={v:.2e}" for k, v in n.items() if k.endswith("rel_err")) + (f" error={n['error']}" if "error" in n else ""))
+    return "\n".join(lines)
+
+
+def _f(x, nd):
+    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
+
+
+def _pct(x):
+    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def write_atomic(path: str, text: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+# -- CLI -----------------------------------------------------------------------------------
+
+
+def build_parser(prog: str = "tools/bench_train_step.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=(
+        "Examples:\n"
+        "  python tools/bench_train_step.py --out bench.json             # everything (long)\n"
+        "  python tools/bench_train_step.py --shapes 432x768 --modes full,lora --out b.json\n"
+        "  python tools/bench_train_step.py --tiny                        # CPU smoke test of every path"))
+    p.add_argument("--preset", default="predict2-2b", help="DiT preset (default predict2-2b)")
+    p.add_argument("--shapes", default=None,
+                   help="comma list of HEIGHTxWIDTH (or FRAMESxHEIGHTxWIDTH); default 432x768,704x1280")
+    p.add_argument("--frames", type=int, default=93, help="video frames (4k+1) when a shape gives none (93)")
+    p.add_argument("--text-tokens", type=int, default=512, help="text embedding tokens (512)")
+    p.add_argument("--modes", default="full,lora", help="comma list of full,lora (default both)")
+    p.add_argument("--paths", default=None,
+                   help="comma list of reference,hal,hal-eager (hal-eager: the fast path without compile); "
+                        "default reference,hal")
+    p.add_argument("--lora-rank", type=int, default=32)
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per setting (>= 1; the first compiles)")
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per setting; the median is reported")
+    p.add_argument("--ac", default="auto",
+                   help="cosmos_hal path checkpointing: auto (sized to memory from a one-block probe), "
+                        "selective, full, none, selective:FRACTION (that fraction selective, rest full), "
+                        "mixed, or a comma list with one mode per block")
+    p.add_argument("--memory-budget-gb", type=float, default=0.0,
+                   help="device memory the auto plan may assume (default: the device's total)")
+    p.add_argument("--memory-headroom", type=float, default=0.10,
+                   help="fraction of device memory the auto plan leaves free (default 0.10)")
+    p.add_argument("--compile", choices=("on", "off"), default="on", help="torch.compile each block on the hal path")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (inductor; aot_eager for tests)")
+    p.add_argument("--no-retry", dest="retry", action="store_false",
+                   help="do not retry a failed hal setting with a safer plan (selective, then full; eager)")
+    p.add_argument("--check-numerics", action="store_true",
+                   help="first compare fast-path loss/grads with the reference at --numerics-shape")
+    p.add_argument("--numerics-shape", default="17x128x128", help="shape of the numerics check (small)")
+    p.add_argument("--numerics-compile", action="store_true", help="run the numerics check with compile on")
+    p.add_argument("--estimate", default="predict2-14b", help="preset for the FSDP memory estimate ('' = none)")
+    p.add_argument("--estimate-devices", type=int, default=8)
+    p.add_argument("--ceiling-size", type=int, default=8192, help="matmul size of the MFU ceiling (8192)")
+    p.add_argument("--fp32", action="store_true", help="no autocast (CPU debugging)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tiny", action="store_true",
+                   help="CPU-sized smoke run: tiny preset with 3 blocks, tiny shapes, every path and mode, "
+                        "mixed AC, compile with aot_eager, numerics check; seconds on a CPU")
+    p.add_argument("--out", default="", help="write the JSON report here (atomically)")
+    p.add_argument("--md", default="", help="write the markdown table here")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def apply_tiny(args) -> None:
+    args.preset = "tiny"
+    args.shapes = args.shapes or "9x32x64"
+    args.text_tokens = min(args.text_tokens, 16)
+    args.paths = args.paths or "reference,hal,hal-eager"
+    args.ac = "mixed" if args.ac == "auto" else args.ac
+    args.compile_backend = "aot_eager" if args.compile_backend == "inductor" else args.compile_backend
+    args.ceiling_size = min(args.ceiling_size, 256)
+    args.warmup, args.repeats = min(args.warmup, 1), min(args.repeats, 2)
+    args.check_numerics = True
+    args.numerics_shape = "9x32x32" if args.numerics_shape == "17x128x128" else args.numerics_shape
+    args.estimate = ""
+
+
+def run(args) -> dict:
+    from cosmos_hal.models.presets import get_preset
+
+    if args.tiny:
+        apply_tiny(args)
+    args.shapes = args.shapes or "432x768,704x1280"
+    args.paths = args.paths or "reference,hal"
+    preset = get_preset(args.preset)
+    if args.tiny:
+        preset = preset.replace(num_layers=3, name="tiny-3")
+    shapes = [parse_shape(s.strip(), args.frames, args.text_tokens) for s in args.shapes.split(",") if s.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    paths = [q.strip() for q in args.paths.split(",") if q.strip()]
+    for m in modes:
+        if m not in TRAIN_MODES:
+            raise SystemExit(f"--modes: unknown mode {m!r}; use {','.join(TRAIN_MODES)}")
+    for q in paths:
+        if q not in PATHS:
+            raise SystemExit(f"--paths: unknown path {q!r}; use {','.join(PATHS)}")
+    if args.warmup < 1 or args.repeats < 1:
+        raise SystemExit("--warmup and --repeats must be >= 1 (the first step compiles and allocates state)")
+    backend = _backend()
+    device = backend.device(0)
+    if device.type != "cpu":
+        backend.set_device(0)
+    report = {"device": ", ".join(backend.device_names()[:1]) or device.type, "backend": backend.name,
+              "versions": backend.versions(), "preset": preset.name, "args": vars(args),
+              "ceiling_size": args.ceiling_size, "settings": [], "ratios": [], "block_memory_gb": {},
+              "estimates": [], "flops": {}}
+    _log(f"backend {backend.name} on {report['device']}; preset {preset.name}")
+    report["ceiling_tflops"] = matmul_ceiling(device, args.ceiling_size)
+    _log(f"bf16 matmul ceiling ({args.ceiling_size}^3): {report['ceiling_tflops']:.1f} TFLOP/s")
+    if args.check_numerics:
+        nshape = parse_shape(args.numerics_shape, args.frames, args.text_tokens)
+        report["numerics"] = check_numerics(args, preset, device, shape=nshape, compile_fast=args.numerics_compile)
+        _log(f"numerics: {json.dumps(report['numerics'])}")
+    for shape in shapes:
+        f = forward_flops(preset, shape)
+        report["flops"][shape.label] = {"forward_tflop": f["total"] / 1e12, "tokens": f["tokens"],
+                                        "self_attention_fraction": f["self_attention_fraction"]}
+        _log(f"{shape.label}: {f['tokens']} tokens, forward {f['total'] / 1e12:.1f} TFLOP "
+             f"({100 * f['self_attention_fraction']:.0f} % self-attention)")
+        inp = make_inputs(preset, shape, device, seed=args.seed)
+        for mode in modes:
+            for path in paths:
+                _log(f"-- {shape.label} {mode} {path}")
+                res = run_setting_safely(args, preset, Setting(shape, mode, path), inp, device,
+                                         report["ceiling_tflops"])
+                report["settings"].append(dataclasses.asdict(res))
+                if res.block_memory_gb and mode == "full":
+                    report["block_memory_gb"][shape.label] = res.block_memory_gb
+                _log(f"   {res.status}: {_f(res.median_s, 3)} s/step, {_f(res.tflops, 1)} TFLOP/s, "
+                     f"MFU {_pct(res.mfu)}, peak {_f(res.peak_gb, 1)} GB, first step {_f(res.first_step_s, 1)} s"
+                     + (f", plan {res.fast.get('ac_counts')}" if res.fast else "")
+                     + (f" [{res.error}]" if res.error else ""))
+        del inp
+        free_memory()
+        if args.estimate and shape.label in report["block_memory_gb"]:
+            try:
+                est = estimate_fsdp(report["block_memory_gb"][shape.label], shape.label, shape.tokens(),
+                                    preset_2b=preset, preset_big=get_preset(args.estimate),
+                                    devices=args.estimate_devices,
+                                    device_gb=device_total_bytes() / 2**30 or 80.0)
+                report["estimates"].append(est)
+            except Exception as exc:  # noqa: BLE001
+                report["estimates"].append({"error": f"{type(exc).__name__}: {exc}"})
+    report["ratios"] = ratios([Result(**r) for r in report["settings"]])
+    for est in report["estimates"]:
+        if "error" in est:
+            _log(f"estimate failed: {est['error']}")
+    report["estimates"] = [e for e in report["estimates"] if "error" not in e]
+    return report
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    report = run(args)
+    md = markdown(report)
+    print(md, flush=True)
+    text = json.dumps(report, indent=1, default=str)
+    if args.out:
+        write_atomic(args.out, text)
+        _log(f"wrote {args.out}")
+    if args.md:
+        write_atomic(args.md, md + "\n")
+    failed = [s for s in report["settings"] if s["status"] != "ok"]
+    numerics_ok = report.get("numerics", {}).get("passed", True)
+    return 0 if not failed and numerics_ok else 1

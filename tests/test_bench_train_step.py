@@ -1,0 +1,108 @@
+"""tools/bench_train_step.py: FLOP accounting, shapes, planning inputs, and the CPU smoke run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+from cosmos_hal.bench import train_step as bench
+from cosmos_hal.bench.flops import Shape, forward_flops, parse_shape, train_flops
+from cosmos_hal.models.presets import get_preset
+from tests.conftest import REPO
+
+TINY = get_preset("tiny").replace(num_layers=3, name="tiny-3")
+
+
+def test_forward_flops_match_torch_flop_counter():
+    """The analytic count equals what torch's FlopCounterMode measures on a real forward
+    (matmuls and SDPA), with a per-frame timestep as training passes it."""
+    shape = Shape(9, 32, 64, text_tokens=16)
+    model = bench.build_model(TINY, torch.device("cpu"), lora_rank=0, seed=0)
+    inp = bench.make_inputs(TINY, shape, "cpu")
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        bench.forward_loss(model, inp, amp_dtype=None, device_type="cpu")
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    f = forward_flops(TINY, shape)
+    sdpa = f["parts"]["self_attn_sdpa"] + f["parts"]["cross_attn_sdpa"]
+    matmul = sum(n for op, n in counts.items() if "attention" not in op)
+    assert matmul > 0 and matmul == f["total"] - sdpa
+    # attention by torch's own SDPA formula (the CPU kernel is not in the counter's table)
+    s, d, h = shape.tokens(), TINY.hidden_size, TINY.num_attention_heads
+    q, kv = (1, h, s, d // h), (1, h, shape.text_tokens, d // h)
+    own = TINY.num_layers * (sdpa_flop_count(q, q, q) + sdpa_flop_count(q, kv, kv))
+    assert sdpa == own
+
+
+def test_predict2_2b_flops_at_the_issue_shapes():
+    p = get_preset("predict2-2b")
+    small, big = parse_shape("432x768", 93, 512), parse_shape("93x704x1280", 93, 512)
+    assert (small.tokens(), big.tokens()) == (31104, 84480)
+    assert small.latent() == (24, 54, 96)
+    f = forward_flops(p, small)
+    assert f["total"] / 1e12 == pytest.approx(339, rel=0.01)  # docs/FACTS: 339 TFLOP
+    assert forward_flops(p, big)["total"] / 1e12 == pytest.approx(1955, rel=0.01)
+    assert 0.6 < f["self_attention_fraction"] < 0.7
+    assert train_flops(p, small) == 3 * f["total"]
+
+
+@pytest.mark.parametrize("bad", ["432", "430x768", "92x432x768", "axb", "0x16"])
+def test_parse_shape_rejects_bad_input(bad):
+    with pytest.raises(ValueError, match="--shapes"):
+        parse_shape(bad, 93, 512)
+
+
+def test_lora_model_is_built_on_the_device_with_adapters_only_trainable():
+    model = bench.build_model(TINY, torch.device("cpu"), lora_rank=4, seed=0)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(not p.is_meta and torch.isfinite(p).all() for p in model.parameters())
+    assert all(float(p.detach().abs().sum()) == 0 for n, p in model.named_parameters() if ".lora_B." in n)
+
+
+def test_estimate_fsdp_scales_the_measured_block():
+    gb = {"saved": {"none": 3.0, "selective": 0.25, "full": 0.0}, "output": 0.12, "backward_peak": 2.0}
+    est = bench.estimate_fsdp(gb, "93x432x768", 31104, preset_2b=get_preset("predict2-2b"),
+                              preset_big=get_preset("predict2-14b"), devices=8, device_gb=80.0)
+    assert 13e9 < est["params"] < 16e9
+    assert est["activation_scale"] == pytest.approx(2.5)
+    assert est["sharded_state_gb"] == pytest.approx(16 * est["params"] / 8 / 2**30)
+    full = est["per_mode"]["full"]
+    assert full["activations_gb"] == pytest.approx(36 * 0.12 * 2.5)
+    assert est["per_mode"]["none"]["total_gb"] > est["per_mode"]["selective"]["total_gb"] > full["total_gb"]
+
+
+def test_tiny_smoke_run_writes_a_complete_report(tmp_path):
+    """Both paths and modes (full, LoRA), mixed AC plan, numerics check; compile off here
+    (hal-eager is the same code; the compiled path is tested in test_fast_path.py)."""
+    out = tmp_path / "bench.json"
+    md = tmp_path / "bench.md"
+    proc = subprocess.run([sys.executable, "tools/bench_train_step.py", "--tiny", "--compile", "off", "--paths", "reference,hal",
+                           "--repeats", "1", "--out", str(out), "--md", str(md), "--quiet"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    got = {(s["mode"], s["path"]) for s in report["settings"]}
+    assert got == {(m, p) for m in ("full", "lora") for p in ("reference", "hal")}
+    for s in report["settings"]:
+        assert s["status"] == "ok", s
+        assert s["median_s"] > 0 and s["tflops"] > 0 and s["loss"] == s["loss"]
+        if s["path"] != "reference":
+            assert s["fast"]["ac_counts"] == {"none": 1, "selective": 1, "full": 1}
+            assert s["fast"]["processors"] == 6
+    assert report["numerics"]["passed"] is True
+    assert report["ceiling_tflops"] > 0
+    assert {(r["mode"], r["path"]) for r in report["ratios"]} == {("full", "hal"), ("lora", "hal")}
+    assert "| 9x32x64 |" in md.read_text()
+
+
+def test_bad_flags_fail_clearly(tmp_path):
+    with pytest.raises(SystemExit, match="--paths"):
+        bench.run(bench.build_parser().parse_args(["--tiny", "--paths", "fast"]))
+    with pytest.raises(SystemExit, match="--modes"):
+        bench.run(bench.build_parser().parse_args(["--tiny", "--modes", "half"]))
