@@ -216,28 +216,3 @@ def qk_norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
         y1, y2 = y.chunk(2, dim=-1)
         y = y * cos.float().reshape(shape) + torch.cat((-y2, y1), dim=-1) * sin.float().reshape(shape)
     return y.to(x.dtype)
-
-
-# -- fused QK-norm + RoPE ------------------------------------------------------------------
-def qk_norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
-                 cos: torch.Tensor | None = None, sin: torch.Tensor | None = None) -> torch.Tensor:
-    """RMSNorm of the last dim of ``x`` (BSND) then rotate-half RoPE with (S, D) ``cos``/``sin``,
-    in float32 and rounded to x's dtype ONCE.
-
-    Why: the separate ``rms_norm`` then ``apply_rope`` round to bf16 in between and make two
-    passes over q and k; one float32 pass is both cheaper (torch.compile fuses it into a single
-    kernel; eager it is still one read and one write of x at the ends) and at least as accurate.
-    Same meaning as ``apply_rope(rms_norm(x, weight, eps), cos, sin)`` up to that rounding.
-    No ``cos`` means no rotation (cross-attention keys/queries).
-    """
-    if x.dim() != 4:
-        raise ValueError(f"qk_norm_rope: x must be 4-D BSND, got {tuple(x.shape)}")
-    xf = x.float()
-    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    if weight is not None:
-        y = y * weight.to(x.dtype).float()
-    if cos is not None:
-        shape = (1, x.shape[1], 1, x.shape[-1])
-        y1, y2 = y.chunk(2, dim=-1)
-        y = y * cos.float().reshape(shape) + torch.cat((-y2, y1), dim=-1) * sin.float().reshape(shape)
-    return y.to(x.dtype)
