@@ -43,7 +43,7 @@ def step_inputs(model, *, frames: int, height: int, width: int, text_tokens: int
     timestep = torch.full((batch, 1, t, 1, 1), 0.5, device=device, dtype=dtype)
     timestep[:, :, 0] = 1e-4 / (1 + 1e-4)
     kwargs = dict(hidden_states=latents, timestep=timestep, encoder_hidden_states=text,
-                  padding_mask=torch.zeros(1, 1, height // 8, width // 8, device=device, dtype=dtype),
+                  padding_mask=torch.zeros(1, 1, height, width, device=device, dtype=dtype),  # pixel size, as the pipeline
                   return_dict=False)
     if cfg.in_channels == cfg.out_channels + 1:
         kwargs["condition_mask"] = cond_mask
