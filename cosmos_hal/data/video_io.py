@@ -205,11 +205,16 @@ def _atomic_target(path: Path, suffix: str) -> Path:
 def write_video(path, frames_uint8, fps: float, quality: int = 8) -> Path:
     """Write (T, H, W, 3) uint8 RGB frames as H.264 mp4, to a temp name then renamed, so a
     crash never leaves a half-written video under the real name. Odd sizes use yuv444p
-    (yuv420p needs even sides)."""
-    import imageio
-
+    (yuv420p needs even sides). Without imageio-ffmpeg (it is a large wheel some hosts
+    lack) OpenCV writes MPEG-4 part 2 instead, which every reader here decodes."""
     frames = _as_uint8_frames(frames_uint8)
     path = Path(path)
+    try:
+        import imageio_ffmpeg  # noqa: F401  (imageio's FFMPEG plugin needs it)
+    except ImportError:
+        return _write_video_opencv(path, frames, fps)
+    import imageio
+
     t, h, w, _ = frames.shape
     pixfmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
     tmp = _atomic_target(path, ".mp4")
@@ -224,6 +229,27 @@ def write_video(path, frames_uint8, fps: float, quality: int = 8) -> Path:
                 writer.append_data(frame)
         finally:
             writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_video_opencv(path: Path, frames: np.ndarray, fps: float) -> Path:
+    import cv2
+
+    t, h, w, _ = frames.shape
+    tmp = _atomic_target(path, ".mp4")
+    try:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
+        if not writer.isOpened():
+            raise OSError(f"OpenCV cannot open a video writer for {path}; install imageio-ffmpeg")
+        try:
+            for frame in frames:
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        finally:
+            writer.release()
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
