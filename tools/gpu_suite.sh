@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Everything cosmos-hal measures on a GPU host, in parts that each fit a 10-minute slot.
+#   bash tools/gpu_suite.sh setup            # install the package (offline: wheels in .whl/)
+#   bash tools/gpu_suite.sh check            # info, CUDA tests, kernel bench, tiny train, parity
+#   bash tools/gpu_suite.sh train_bench      # tools/bench_train_step.py
+#   bash tools/gpu_suite.sh infer_bench      # tools/bench_infer.py + predict2-2b training steps
+# Results go to $OUT (default ./gpu_results). Several parts may be given in one call.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu_results}"
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY="${PYTHON:-python3}"
+
+step() {  # step NAME TIMEOUT_S CMD...: run, log to $OUT/NAME.log, record rc and seconds
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    echo "=== $name ($(date -u +%H:%M:%S))"
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "=== $name rc=$rc in $((SECONDS - t0)) s"
+    tail -n 15 "$OUT/$name.log"
+    echo "$name rc=$rc s=$((SECONDS - t0))" >>"$OUT/summary.txt"
+}
+
+setup() {
+    if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+        $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+            --target /tmp/site .whl/*.whl || return 1
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    if ! $PY -c "import cosmos_hal.backends" 2>/dev/null; then
+        $PY -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 \
+            || ln -sfn ../backends cosmos_hal/backends
+    fi
+    $PY -c "import cosmos_hal.backends, diffusers; print('cosmos_hal ok, diffusers', diffusers.__version__)"
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+}
+
+check() {
+    step info 60 $PY -m cosmos_hal info
+    $PY -m cosmos_hal info --json >"$OUT/info.json" 2>&1
+    step cuda_tests 240 $PY -m pytest -q -m cuda -x -p no:cacheprovider
+    step bench_kernels 150 $PY tools/bench_kernels.py --out "$OUT/bench_kernels.json"
+    step tiny_train 90 bash train.sh output_dir=/tmp/tiny_default
+    cp /tmp/tiny_default/metrics.jsonl "$OUT/tiny_train_metrics.jsonl" 2>/dev/null
+    step parity_fp32 150 $PY tools/loss_parity.py --run tiny_video2world_synthetic --backends cuda,cpu \
+        --steps 100 --parity logging_iter=1 --step-rtol 1e-4 --rtol 1e-4 --window 10 --plot "$OUT/parity_fp32.png" --overwrite
+    step parity_bf16 150 $PY tools/loss_parity.py --run tiny_video2world_synthetic --backends cuda,cpu \
+        --steps 100 --parity logging_iter=1 cuda:precision=bf16 --rtol 5e-3 --window 20 --plot "$OUT/parity_bf16.png" --overwrite
+    cp output/parity/tiny_video2world_synthetic/cuda/metrics.jsonl "$OUT/parity_cuda_metrics.jsonl" 2>/dev/null
+}
+
+train_bench() {
+    step bench_train_step 560 $PY tools/bench_train_step.py ${TRAIN_BENCH_ARGS:-} --out "$OUT/bench_train_step.json"
+}
+
+infer_bench() {
+    step bench_infer 300 $PY tools/bench_infer.py --json_out "$OUT/bench_infer.json"
+    step train_2b_704 280 bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \
+        --nproc_per_node=1 data.synthetic=true data.synthetic_videos=2 data.latent_cache=true \
+        data.num_workers=1 max_iter=8 logging_iter=1 save_at_end=false output_dir=/tmp/bench_2b_704
+    cp /tmp/bench_2b_704/metrics.jsonl "$OUT/train_2b_704_metrics.jsonl" 2>/dev/null
+}
+
+[ $# -gt 0 ] || { sed -n 2,8p "$0"; exit 2; }
+setup || { echo "setup failed"; exit 1; }
+for part in "$@"; do
+    case "$part" in
+        setup) ;;
+        check|train_bench|infer_bench) "$part" ;;
+        *) echo "unknown part: $part"; exit 2 ;;
+    esac
+done
+cat "$OUT/summary.txt" 2>/dev/null
