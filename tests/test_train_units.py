@@ -269,3 +269,20 @@ def test_lambda_linear_schedule_matches_upstream_formula():
         opt.step()
         sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(2.0 * 0.6 * 750 / 1000)
+
+
+def test_draws_computed_ahead_equal_draws_computed_in_place():
+    from cosmos_hal.train.trainer import DrawAhead
+
+    cfg = LossConfig()
+    ahead = DrawAhead(cfg, seed=3, rank=1, is_video=True)
+    try:
+        for step in range(3):
+            got = ahead.get((2, 2, 3, 2, 2), step)
+            ref = L.draw(cfg, (2, 2, 3, 2, 2), seed=3, step=step, rank=1, is_video=True)
+            assert torch.equal(got.noise, ref.noise) and torch.equal(got.sigma, ref.sigma)
+            assert torch.equal(got.num_cond, ref.num_cond) and torch.equal(got.text_keep, ref.text_keep)
+        skipped = ahead.get((2, 2, 3, 2, 2), 7)  # a step that was not prefetched
+        assert torch.equal(skipped.noise, L.draw(cfg, (2, 2, 3, 2, 2), seed=3, step=7, rank=1, is_video=True).noise)
+    finally:
+        ahead.close()
