@@ -394,3 +394,8 @@ def test_nvidia_checkpoint_without_vae_path_is_refused(assets, tmp_path, capsys)
     torch.save({}, pt)
     rc, err = _run_bad(assets, capsys, model=pt)
     assert rc == 2 and "--vae_path" in err and "NVIDIA checkpoint" in err
+
+
+def test_output_file_of_the_wrong_kind_is_refused(assets, tmp_path, capsys):
+    rc, err = _run_bad(assets, capsys, "--out", str(tmp_path / "video.png"))
+    assert rc == 2 and "video.png" in err and ".mp4" in err

@@ -98,3 +98,17 @@ def read_prompt(prompt: str | None, prompt_file=None, *, flag: str = "--prompt")
     if prompt is None or not prompt.strip():
         raise InferenceInputError(f"no prompt: pass {flag} TEXT or {flag}_file FILE")
     return prompt
+
+
+VIDEO_SUFFIXES = (".mp4",)
+IMAGE_OUT_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def check_output_suffix(out, *, video: bool) -> None:
+    """--out must name the kind of file that will be written (mp4 for video, png/jpg for images)."""
+    allowed = VIDEO_SUFFIXES if video else IMAGE_OUT_SUFFIXES
+    if Path(out).suffix.lower() not in allowed:
+        raise InferenceInputError(
+            f"--out {out}: {'a video' if video else 'an image'} is written here; give a file ending in "
+            f"{' or '.join(allowed)}"
+        )

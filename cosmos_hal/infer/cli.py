@@ -12,6 +12,7 @@ from cosmos_hal.backend import BACKEND_MODULES
 
 DEFAULT_SIZE = {"video2world": (704, 1280), "text2image": (768, 1360)}
 DEFAULT_OUT = {"video2world": "output.mp4", "text2image": "output.png"}
+DEFAULT_BATCH_OUT = "outputs"
 
 
 def _common(p: argparse.ArgumentParser, task: str) -> None:
@@ -42,8 +43,9 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--seed", type=int, default=0, help="noise seed; same seed, same noise on every backend")
     g.add_argument("--height", type=int, default=h, help=f"output height, a multiple of 16 (default {h})")
     g.add_argument("--width", type=int, default=w, help=f"output width, a multiple of 16 (default {w})")
-    g.add_argument("--out", default=DEFAULT_OUT[task],
-                   help=f"output file (default {DEFAULT_OUT[task]}); with --batch_dir an output folder")
+    g.add_argument("--out", default=None,
+                   help=f"output file (default {DEFAULT_OUT[task]}); with --batch_dir an output folder "
+                        f"(default {DEFAULT_BATCH_OUT})")
 
     g = p.add_argument_group("runtime")
     g.add_argument("--backend", choices=list(BACKEND_MODULES), default=None,
@@ -107,6 +109,11 @@ def _check_args(args) -> None:
     if video and getattr(args, "fps", 1) <= 0:
         raise InferenceInputError(f"--fps {args.fps}: must be positive")
     checks.check_model_source(args.model, args.vae_path, args.text_encoder_path)
+    batch = video and args.batch_dir is not None
+    if args.out is None:
+        args.out = DEFAULT_BATCH_OUT if batch else DEFAULT_OUT[args.task]
+    if not batch:
+        checks.check_output_suffix(args.out, video=video)
     for text in args.lora:
         lora_file(parse_lora_arg(text).path)
     if video and args.batch_dir is not None:
@@ -147,7 +154,7 @@ def run(args) -> list[Path]:
     """Load, generate, write; returns the written files. Raises InferenceInputError on bad input."""
     from cosmos_hal.backend import use
     from cosmos_hal.infer import generate
-    from cosmos_hal.infer.adapters import load_loras, parse_lora_arg
+    from cosmos_hal.infer.adapters import parse_lora_arg
     from cosmos_hal.infer.loader import LoadOptions, load_pipeline
 
     _check_args(args)
@@ -157,10 +164,9 @@ def run(args) -> list[Path]:
         task=args.task, model=args.model, vae_path=args.vae_path, text_encoder_path=args.text_encoder_path,
         preset=args.preset, ema=args.ema, dtype=args.dtype, processor=args.processor,
         fps_scaling=getattr(args, "fps_scaling", False), offload=args.offload, guardrail=args.guardrail,
+        loras=[parse_lora_arg(t) for t in args.lora], fuse_lora=args.fuse_lora,
     )
     pipe = load_pipeline(opts, backend)
-    if args.lora:
-        load_loras(pipe.transformer, [parse_lora_arg(t) for t in args.lora], fuse=args.fuse_lora)
     if args.task == "video2world" and args.batch_dir is not None:
         from cosmos_hal.infer.batch import run_batch
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -57,6 +57,8 @@ class LoadOptions:
     fps_scaling: bool = False  # diffusers' fps-scaled temporal RoPE (off: as the checkpoints)
     offload: bool = False  # keep text encoder and VAE on the CPU between uses
     guardrail: bool = False
+    loras: list = field(default_factory=list)  # adapters.LoraSpec, loaded before placement
+    fuse_lora: bool = False
 
 
 def resolve_dtype(name: str | None, backend) -> torch.dtype:
@@ -201,6 +203,10 @@ def load_pipeline(opts: LoadOptions, backend=None):
     use_posterior_mean(pipe.vae)
     if not opts.fps_scaling:
         rope_fps.disable_fps_scaling(pipe.transformer)
+    if opts.loras:  # before offload hooks or device moves are attached
+        from cosmos_hal.infer.adapters import load_loras
+
+        load_loras(pipe.transformer, opts.loras, fuse=opts.fuse_lora)
 
     if opts.offload and backend.name != "cpu":
         place_offloaded(pipe, device)
