@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-import infer_tiny  # noqa: E402
+import test_infer_tiny as infer_tiny  # noqa: E402
 
 H, W, T = 32, 48, 5
 

@@ -1,4 +1,5 @@
-"""A tiny Cosmos2 pipeline folder built offline, for the inference tests (and bench smoke).
+"""A tiny Cosmos2 pipeline folder built offline, for the inference tests (helpers, plus a
+check of the offline tokenizer they rely on).
 
 Tiny DiT from the models presets, tiny Wan VAE, a one-layer T5 encoder with a word-level
 tokenizer built from a fixed vocabulary (no download), FlowMatchEulerDiscreteScheduler as
@@ -106,3 +107,13 @@ def save_tiny_predict25_pipeline(folder) -> Path:
     folder = Path(folder)
     pipe.save_pretrained(folder)
     return folder
+
+
+def test_offline_tokenizer_pads_to_max_length_with_eos_and_masks_padding():
+    tok = build_tokenizer()
+    enc = tok(["a robot arm", "the red cube moves slowly"], padding="max_length", max_length=TEXT_MAX_LENGTH,
+              truncation=True, return_tensors="pt")
+    assert tuple(enc.input_ids.shape) == (2, TEXT_MAX_LENGTH)
+    assert enc.attention_mask.sum(1).tolist() == [4, 6]  # words + </s>
+    assert enc.input_ids[0, 3].item() == tok.eos_token_id and enc.input_ids[0, 4].item() == tok.pad_token_id
+    assert tok.unk_token_id not in enc.input_ids[0, :3].tolist()
