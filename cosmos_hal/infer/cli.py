@@ -103,9 +103,8 @@ def _check_args(args) -> None:
 
     video = args.task == "video2world"
     checks.check_size(args.height, args.width, args.num_frames if video else None)
-    for name in ("num_steps",):
-        if getattr(args, name) < 1:
-            raise InferenceInputError(f"--{name} {getattr(args, name)}: must be at least 1")
+    if args.num_steps < 1:
+        raise InferenceInputError(f"--num_steps {args.num_steps}: must be at least 1")
     if video and getattr(args, "fps", 1) <= 0:
         raise InferenceInputError(f"--fps {args.fps}: must be positive")
     checks.check_model_source(args.model, args.vae_path, args.text_encoder_path)
@@ -116,7 +115,7 @@ def _check_args(args) -> None:
         checks.check_output_suffix(args.out, video=video)
     for text in args.lora:
         lora_file(parse_lora_arg(text).path)
-    if video and args.batch_dir is not None:
+    if batch:
         if args.image or args.video or args.prompt or args.prompt_file:
             raise InferenceInputError("--batch_dir takes image and prompt from its NAME.png/NAME.txt pairs; "
                                       "drop --image/--video/--prompt/--prompt_file")
