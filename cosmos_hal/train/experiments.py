@@ -122,6 +122,8 @@ class Experiment:
     precision: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
     parallelism: str = "fsdp"  # fsdp | ddp (ignored on one process)
     activation_checkpointing: bool = True
+    ac_mode: str = "full"  # full | selective (keeps self-attention outputs: less recompute, more memory)
+    fast_attention: bool = False  # FastCosmosAttnProcessor (fused QK-norm + RoPE; train/fast_attention.py)
     compile: bool = False
     parity: bool = False  # deterministic algorithms + fixed data order
     resume: bool = True
@@ -264,6 +266,7 @@ _CHOICES = {
     "task": ("video2world", "text2image"),
     "precision": ("bf16", "fp32"),
     "parallelism": ("fsdp", "ddp"),
+    "ac_mode": ("full", "selective"),
 }
 
 

@@ -1,5 +1,6 @@
 """Parallelism and memory techniques, one small function each, applied in this order:
-apply_ac -> apply_compile -> apply_fsdp | apply_ddp (the torchtitan pattern).
+apply_fast_attention -> apply_ac -> apply_compile -> apply_fsdp | apply_ddp (the torchtitan
+pattern; compile after AC so the checkpoint sits inside the compiled region).
 
 Why separate functions: each can be switched by an experiment field and tested alone, and
 none of them names a vendor: the device and collective come from cosmos_hal.
@@ -18,17 +19,29 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return list(blocks)
 
 
-def apply_ac(model: nn.Module) -> nn.Module:
-    """Activation checkpointing of every transformer block (diffusers' non-reentrant
-    torch.utils.checkpoint): activations are recomputed in backward instead of stored."""
-    model.enable_gradient_checkpointing()
+def apply_ac(model: nn.Module, mode: str = "full") -> nn.Module:
+    """Activation checkpointing of every transformer block (train/ac.py, non-reentrant):
+    "full" recomputes the whole block in backward, "selective" keeps the self-attention
+    outputs (the most expensive op to recompute)."""
+    from cosmos_hal.train import ac
+
+    ac.apply_block_ac(model, mode)
+    return model
+
+
+def apply_fast_attention(model: nn.Module, device: torch.device) -> nn.Module:
+    """The fused attention processor of train/fast_attention.py (same maths, fewer kernels)."""
+    from cosmos_hal.train.fast_attention import install_fast_processor
+
+    install_fast_processor(model, device=device, dtype=torch.bfloat16)
     return model
 
 
 def apply_compile(model: nn.Module) -> nn.Module:
-    """torch.compile each transformer block (blocks share one graph; compile time stays small)."""
-    for block in transformer_blocks(model):
-        block.compile()
+    """torch.compile each transformer block (train/compile.py: blocks share one graph)."""
+    from cosmos_hal.train.compile import compile_blocks
+
+    compile_blocks(model)
     return model
 
 
@@ -52,8 +65,10 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
 
 def parallelize(model: nn.Module, exp, world) -> tuple[nn.Module, nn.Module]:
     """Apply the experiment's techniques; returns (module to call, module that owns the weights)."""
+    if exp.fast_attention:
+        apply_fast_attention(model, world.device)
     if exp.activation_checkpointing:
-        apply_ac(model)
+        apply_ac(model, exp.ac_mode)
     if exp.compile:
         apply_compile(model)
     if world.world_size > 1 and exp.parallelism == "fsdp":
