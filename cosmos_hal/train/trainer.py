@@ -221,6 +221,9 @@ def train(exp: Experiment) -> dict:
     if found:
         iteration = ckpt.restore(found, model=owner, optimizer=optimizer, scheduler=scheduler, ema=ema, loader=loader)
         logger.info(f"resumed from {found} at iteration {iteration}")
+        if iteration >= exp.max_iter:
+            logger.info(f"already at max_iter={exp.max_iter}: nothing to train (raise max_iter=, "
+                        f"pass resume=false, or use another output_dir=)")
     if logger.bar is not None:
         logger.bar.n = iteration
         logger.bar.refresh()
