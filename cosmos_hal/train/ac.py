@@ -18,7 +18,7 @@ plan that fits is used. ``apply_block_ac`` installs the modes; it composes with
 ``torch.compile`` of each block (cosmos_hal.train.compile): dynamo turns the checkpoint into a
 higher-order op and the compiler's partitioner honours the same policy.
 
-Nothing here names a device: memory numbers come from ``torch.accelerator`` / the backend.
+Nothing here names a device: memory numbers come from the backend's ``memory_stats()``.
 """
 
 from __future__ import annotations
@@ -172,24 +172,25 @@ def capture_block_inputs(model, forward) -> tuple[tuple, dict]:
     return captured["args"], captured["kwargs"]
 
 
+def _stats() -> dict:
+    from cosmos_hal import current_backend
+
+    return current_backend().memory_stats()
+
+
 def _allocated() -> int:
-    acc = getattr(torch, "accelerator", None)
-    if acc is not None and acc.is_available():
-        return int(acc.memory_allocated())
-    return 0
+    """Bytes the device allocator holds now (0 where the backend keeps no counters: CPU)."""
+    return int(_stats().get("allocated_gb", 0.0) * 2**30)
 
 
 def _reset_peak() -> None:
-    acc = getattr(torch, "accelerator", None)
-    if acc is not None and acc.is_available():
-        acc.reset_peak_memory_stats()
+    from cosmos_hal import current_backend
+
+    current_backend().reset_peak_memory()
 
 
 def _peak() -> int:
-    acc = getattr(torch, "accelerator", None)
-    if acc is not None and acc.is_available():
-        return int(acc.max_memory_allocated())
-    return 0
+    return int(_stats().get("peak_allocated_gb", 0.0) * 2**30)
 
 
 def probe_block_memory(model, block_args, block_kwargs, *, autocast_dtype=torch.bfloat16,
@@ -197,8 +198,8 @@ def probe_block_memory(model, block_args, block_kwargs, *, autocast_dtype=torch.
     """Measure block 0 at the real inputs: bytes kept after forward in each mode, and the
     transient peak of its backward. Gradients it creates are freed again.
 
-    Needs an accelerator with memory counters (torch.accelerator); on the CPU it returns
-    zeros (the plan then falls back to the budget given by the caller)."""
+    Needs a backend with allocator counters (``memory_stats()["allocated_gb"]``); on the CPU
+    it returns zeros (the caller then plans without it)."""
     block = transformer_blocks(model)[0]
     saved_mode = getattr(block, "_cosmos_hal_ac", None)
     had_forward = "forward" in block.__dict__

@@ -34,10 +34,22 @@ def configure_dynamo(recompile_limit: int = 64) -> None:
         cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * recompile_limit)
 
 
+def _inputs_need_grad(model) -> bool:
+    """Whether anything before the blocks is trained (else block 0's input has no grad)."""
+    blocks = {id(p) for b in _ac.transformer_blocks(model) for p in b.parameters()}
+    after = {id(p) for name in ("norm_out", "proj_out") for p in getattr(model, name, torch.nn.Identity()).parameters()}
+    return any(p.requires_grad for p in model.parameters() if id(p) not in blocks and id(p) not in after)
+
+
 def compile_blocks(model, *, backend: str = "inductor", mode: str | None = None, dynamic: bool | None = False) -> int:
-    """``block.compile()`` for every transformer block; returns how many were compiled."""
+    """``block.compile()`` for every transformer block; returns how many were compiled.
+
+    With nothing trainable before the blocks (LoRA), block 0's input needs no grad while the
+    others' do, which would cost a whole second compile for one block: block 0 stays eager."""
     configure_dynamo()
     blocks = _ac.transformer_blocks(model)
+    if not _inputs_need_grad(model):
+        blocks = blocks[1:]
     for block in blocks:
         block.compile(backend=backend, mode=mode, dynamic=dynamic)
     return len(blocks)
