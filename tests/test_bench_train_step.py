@@ -113,3 +113,22 @@ def test_tool_script_runs_and_documents_its_flags():
     assert proc.returncode == 0, proc.stderr[-2000:]
     for flag in ("--shapes", "--modes", "--paths", "--ac", "--check-numerics", "--time-budget-s", "--tiny"):
         assert flag in proc.stdout
+
+
+def test_time_budget_skips_settings_that_would_not_finish(tmp_path):
+    args = bench.build_parser().parse_args(["--warmup", "1", "--repeats", "3"])
+    p2b = get_preset("predict2-2b")
+    small, big = parse_shape("432x768", 93, 512), parse_shape("704x1280", 93, 512)
+    done = [{"status": "ok", "shape": small.label, "path": "reference", "median_s": 3.5,
+             "model_tflop": train_flops(p2b, small) / 1e12}]
+    ref_big = bench.expected_seconds(args, p2b, bench.Setting(big, "full", "reference"), done)
+    scale = train_flops(p2b, big) / train_flops(p2b, small)
+    assert ref_big == pytest.approx(4 * 3.5 * scale + bench.SETUP_ESTIMATE_S)
+    hal_small = bench.expected_seconds(args, p2b, bench.Setting(small, "full", "hal"), done)
+    assert hal_small == pytest.approx(4 * 3.5 * 0.8 + bench.SETUP_ESTIMATE_S + bench.COMPILE_ESTIMATE_S)
+    assert bench.expected_seconds(args, p2b, bench.Setting(small, "full", "hal"), []) == 0.0
+
+    out = tmp_path / "b.json"
+    assert bench.main(["--tiny", "--time-budget-s", "0.001", "--out", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"] and all(s["status"] == "skipped" for s in report["settings"])

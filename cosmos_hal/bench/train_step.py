@@ -362,8 +362,33 @@ def run_setting_safely(args, preset, setting, inp, device, ceiling) -> Result:
 _T0 = time.perf_counter()
 
 
-def _over_budget(args) -> bool:
-    return bool(args.time_budget_s) and time.perf_counter() - _T0 > args.time_budget_s
+def _over_budget(args, expected_s: float = 0.0) -> bool:
+    """True when --time-budget-s would be exceeded (now, or by a setting expected to take
+    ``expected_s`` more seconds)."""
+    return bool(args.time_budget_s) and time.perf_counter() - _T0 + expected_s > args.time_budget_s
+
+
+COMPILE_ESTIMATE_S = 75.0  # one or two block graphs (forward + backward) on an H100 host
+SETUP_ESTIMATE_S = 15.0  # build, probe, free
+
+
+def expected_seconds(args, preset, setting: Setting, done: list[dict]) -> float:
+    """Rough duration of ``setting`` from the settings already measured (same shape first,
+    else another shape scaled by model FLOPs); 0 when nothing is known yet."""
+    ok = [r for r in done if r["status"] == "ok" and math.isfinite(r["median_s"])]
+    same = [r for r in ok if r["shape"] == setting.shape.label]
+    pick = [r for r in same if r["path"] == setting.path] or same
+    if pick:
+        step = max(r["median_s"] for r in pick)
+        if setting.path != "reference" and not [r for r in same if r["path"] == setting.path]:
+            step *= 0.8  # the fast path, estimated from the reference
+    elif ok:
+        r = max(ok, key=lambda r: r["model_tflop"])
+        step = r["median_s"] * train_flops(preset, setting.shape) / 1e12 / r["model_tflop"]
+    else:
+        return 0.0
+    compiled = setting.path == "hal" and args.compile == "on"
+    return (args.warmup + args.repeats) * step + SETUP_ESTIMATE_S + (COMPILE_ESTIMATE_S if compiled else 0.0)
 
 
 # -- matmul ceiling ------------------------------------------------------------------------
@@ -622,8 +647,9 @@ def build_parser(prog: str = "tools/bench_train_step.py") -> argparse.ArgumentPa
                    help="CPU-sized smoke run: tiny preset with 3 blocks, tiny shapes, every path and mode, "
                         "mixed AC, compile with aot_eager, numerics check; seconds on a CPU")
     p.add_argument("--time-budget-s", type=float, default=0.0,
-                   help="start no new setting after this many seconds (settings left are recorded as "
-                        "skipped); the JSON/markdown are rewritten after every setting anyway")
+                   help="skip a setting that is not expected to end within this many seconds from the "
+                        "start (estimated from the settings measured so far; skipped ones are recorded); "
+                        "the JSON/markdown are rewritten after every setting anyway")
     p.add_argument("--out", default="", help="write the JSON report here (atomically, after every setting)")
     p.add_argument("--md", default="", help="write the markdown table here")
     p.add_argument("--quiet", action="store_true")
@@ -690,9 +716,11 @@ def run(args) -> dict:
         inp = make_inputs(preset, shape, device, seed=args.seed)
         for mode in modes:
             for path in paths:
-                if _over_budget(args):
+                expected = expected_seconds(args, preset, Setting(shape, mode, path), report["settings"])
+                if _over_budget(args, expected):
                     res = Result(shape=shape.label, tokens=shape.tokens(preset.patch_size), mode=mode, path=path,
-                                 status="skipped", error=f"--time-budget-s {args.time_budget_s:g} reached")
+                                 status="skipped", error=f"--time-budget-s {args.time_budget_s:g}: would end at "
+                                 f"about {time.perf_counter() - _T0 + expected:.0f} s")
                     report["settings"].append(dataclasses.asdict(res))
                     _log(f"-- {shape.label} {mode} {path}: skipped (time budget)")
                     continue
