@@ -132,3 +132,18 @@ def test_time_budget_skips_settings_that_would_not_finish(tmp_path):
     assert bench.main(["--tiny", "--time-budget-s", "0.001", "--out", str(out), "--quiet"]) == 0
     report = json.loads(out.read_text())
     assert report["settings"] and all(s["status"] == "skipped" for s in report["settings"])
+
+
+def test_goals_are_checked_against_the_issue_thresholds():
+    res = [{"shape": "93x432x768", "mode": "full", "path": "hal", "mfu": 0.56}]
+    rows = [{"shape": "93x432x768", "mode": "full", "path": "hal", "speedup": 1.6},
+            {"shape": "93x432x768", "mode": "lora", "path": "hal", "speedup": 1.4},
+            {"shape": "93x704x1280", "mode": "full", "path": "hal", "speedup": 1.31},
+            {"shape": "93x704x1280", "mode": "full", "path": "hal-eager", "speedup": 1.1}]
+    got = {(g["shape"], g["mode"]): g for g in bench.goals(res, rows)}
+    assert len(got) == 3
+    assert got[("93x432x768", "full")]["met"] and got[("93x432x768", "full")]["mfu_goal"] == 0.55
+    assert not got[("93x432x768", "lora")]["met"]
+    assert got[("93x704x1280", "full")]["met"]
+    res[0]["mfu"] = 0.5
+    assert not bench.goals(res, rows[:1])[0]["met"]

@@ -543,6 +543,27 @@ def ratios(results: list[Result]) -> list[dict]:
     return out
 
 
+def goals(results: list[dict], ratio_rows: list[dict]) -> list[dict]:
+    """Issue 9's goals, checked on this run: 93x432x768 full >= 55 % MFU and >= 1.5x, LoRA
+    >= 1.5x; 93x704x1280 >= 1.3x (both modes)."""
+    out = []
+    for q in ratio_rows:
+        if q["path"] != "hal":
+            continue
+        small = q["shape"].endswith("432x768")
+        want = 1.5 if small else 1.3 if q["shape"].endswith("704x1280") else None
+        if want is None:
+            continue
+        row = {"shape": q["shape"], "mode": q["mode"], "speedup": q["speedup"], "speedup_goal": want,
+               "met": q["speedup"] >= want}
+        if small and q["mode"] == "full":
+            mfu = next((r["mfu"] for r in results if r["shape"] == q["shape"] and r["mode"] == "full"
+                        and r["path"] == "hal"), float("nan"))
+            row.update(mfu=mfu, mfu_goal=0.55, met=row["met"] and mfu >= 0.55)
+        out.append(row)
+    return out
+
+
 def markdown(report: dict) -> str:
     lines = [f"Device: {report['device']}; bf16 matmul ceiling {report['ceiling_tflops']:.0f} TFLOP/s "
              f"({report['ceiling_size']}^3, median)", "",
@@ -562,6 +583,10 @@ def markdown(report: dict) -> str:
         lines += ["", "| shape | mode | path | speedup vs reference | peak memory vs reference |", "|---|---|---|---|---|"]
         for q in report["ratios"]:
             lines.append(f"| {q['shape']} | {q['mode']} | {q['path']} | {q['speedup']:.2f}x | {_f(q['memory_ratio'], 2)}x |")
+    for g in report.get("goals", []):
+        lines.append(f"\nGoal {g['shape']} {g['mode']}: speedup {g['speedup']:.2f}x (goal {g['speedup_goal']}x)"
+                     + (f", MFU {_pct(g['mfu'])} (goal 55 %)" if "mfu" in g else "")
+                     + (" - met" if g["met"] else " - NOT met"))
     for label, mem in report.get("block_memory_gb", {}).items():
         saved = ", ".join(f"{k} {v:.2f}" for k, v in mem["saved"].items())
         lines.append(f"\nPer-block memory at {label} (GiB): kept after forward: {saved}; block output "
@@ -735,6 +760,7 @@ def run(args) -> dict:
                      + (f", plan {res.fast.get('ac_counts')}" if res.fast else "")
                      + (f" [{res.error}]" if res.error else "") + f" (elapsed {time.perf_counter() - _T0:.0f} s)")
                 report["ratios"] = ratios([Result(**r) for r in report["settings"]])
+                report["goals"] = goals(report["settings"], report["ratios"])
                 save_report(args, report)
         del inp
         free_memory()
@@ -748,6 +774,7 @@ def run(args) -> dict:
             except Exception as exc:  # noqa: BLE001
                 report["estimates"].append({"error": f"{type(exc).__name__}: {exc}"})
     report["ratios"] = ratios([Result(**r) for r in report["settings"]])
+    report["goals"] = goals(report["settings"], report["ratios"])
     for est in report["estimates"]:
         if "error" in est:
             _log(f"estimate failed: {est['error']}")
