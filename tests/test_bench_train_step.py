@@ -119,7 +119,7 @@ def test_time_budget_skips_settings_that_would_not_finish(tmp_path):
     args = bench.build_parser().parse_args(["--warmup", "1", "--repeats", "3"])
     p2b = get_preset("predict2-2b")
     small, big = parse_shape("432x768", 93, 512), parse_shape("704x1280", 93, 512)
-    done = [{"status": "ok", "shape": small.label, "path": "reference", "median_s": 3.5,
+    done = [{"status": "ok", "shape": small.label, "path": "reference", "median_s": 3.5, "first_step_s": 9.0,
              "model_tflop": train_flops(p2b, small) / 1e12}]
     ref_big = bench.expected_seconds(args, p2b, bench.Setting(big, "full", "reference"), done)
     scale = train_flops(p2b, big) / train_flops(p2b, small)
@@ -147,3 +147,14 @@ def test_goals_are_checked_against_the_issue_thresholds():
     assert got[("93x704x1280", "full")]["met"]
     res[0]["mfu"] = 0.5
     assert not bench.goals(res, rows[:1])[0]["met"]
+
+
+def test_time_estimate_learns_the_compile_time():
+    args = bench.build_parser().parse_args(["--warmup", "1", "--repeats", "3"])
+    p2b = get_preset("predict2-2b")
+    small, big = parse_shape("432x768", 93, 512), parse_shape("704x1280", 93, 512)
+    tf = train_flops(p2b, small) / 1e12
+    done = [{"status": "ok", "shape": small.label, "path": "hal", "median_s": 2.0, "first_step_s": 202.0,
+             "model_tflop": tf}]
+    est = bench.expected_seconds(args, p2b, bench.Setting(small, "lora", "hal"), done)
+    assert est == pytest.approx(4 * 2.0 + bench.SETUP_ESTIMATE_S + 200.0)

@@ -388,7 +388,9 @@ def expected_seconds(args, preset, setting: Setting, done: list[dict]) -> float:
     else:
         return 0.0
     compiled = setting.path == "hal" and args.compile == "on"
-    return (args.warmup + args.repeats) * step + SETUP_ESTIMATE_S + (COMPILE_ESTIMATE_S if compiled else 0.0)
+    seen = [r["first_step_s"] - r["median_s"] for r in ok if r["path"] == "hal" and math.isfinite(r["first_step_s"])]
+    compile_s = max([COMPILE_ESTIMATE_S] + seen)  # learn from the compiles so far
+    return (args.warmup + args.repeats) * step + SETUP_ESTIMATE_S + (compile_s if compiled else 0.0)
 
 
 # -- matmul ceiling ------------------------------------------------------------------------
