@@ -158,3 +158,15 @@ def test_time_estimate_learns_the_compile_time():
              "model_tflop": tf}]
     est = bench.expected_seconds(args, p2b, bench.Setting(small, "lora", "hal"), done)
     assert est == pytest.approx(4 * 2.0 + bench.SETUP_ESTIMATE_S + 200.0)
+
+
+def test_auto_plan_path_runs_the_probe(tmp_path):
+    out = tmp_path / "b.json"
+    rc = bench.main(["--tiny", "--ac", "auto", "--memory-budget-gb", "1", "--modes", "full", "--paths", "hal",
+                     "--compile", "off", "--repeats", "1", "--out", str(out), "--quiet"])
+    assert rc == 0
+    s = json.loads(out.read_text())["settings"][0]
+    assert s["status"] == "ok" and s["ac_reason"].startswith("auto")
+    assert set(s["block_memory_gb"]["saved"]) == {"none", "selective", "full"}
+    # the CPU has no allocator counters: the plan falls back to all selective
+    assert s["fast"]["ac_counts"] == {"none": 0, "selective": 3, "full": 0}

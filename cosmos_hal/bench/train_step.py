@@ -198,18 +198,13 @@ def resolve_ac(args, model, preset, inp: StepInputs, device, amp_dtype, *, mode:
     if spec != "auto":
         raise ValueError(f"--ac {spec!r}: use auto, none, selective, full, mixed, selective:FRACTION "
                          f"or a comma list of {n} modes")
-    args_kwargs = ac.capture_block_inputs(model, lambda: forward_loss(model, inp, amp_dtype=amp_dtype,
-                                                                       device_type=device.type))
-    memory = ac.probe_block_memory(model, *args_kwargs, autocast_dtype=amp_dtype, device_type=device.type)
-    model.zero_grad(set_to_none=True)
+    total = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else device_total_bytes()
+    fwd = lambda: forward_loss(model, inp, amp_dtype=amp_dtype, device_type=device.type)  # noqa: E731
+    modes, memory, budget = ac.auto_plan(model, fwd, total_bytes=total, headroom=args.memory_headroom,
+                                         autocast_dtype=amp_dtype, device_type=device.type)
     free_memory()
-    total = args.memory_budget_gb * 2**30 if args.memory_budget_gb else device_total_bytes()
     if not total:
         return ["selective"] * n, memory, "auto: no device memory information, all selective"
-    budget = ac.activation_budget(total_bytes=total, persistent_bytes=ac.persistent_bytes(model),
-                                  backward_peak_bytes=memory.backward_peak,
-                                  other_bytes=6 * memory.output, headroom=args.memory_headroom)
-    modes = ac.plan_modes(n, memory, budget)
     return modes, memory, f"auto: activation budget {budget / 2**30:.1f} GiB of {total / 2**30:.1f}"
 
 
@@ -649,8 +644,8 @@ def build_parser(prog: str = "tools/bench_train_step.py") -> argparse.ArgumentPa
     p.add_argument("--lora-rank", type=int, default=32)
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per setting (>= 1; the first compiles)")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per setting; the median is reported")
-    p.add_argument("--ac", default="auto",
-                   help="cosmos_hal path checkpointing: auto (sized to memory from a one-block probe), "
+    p.add_argument("--ac", default=None,
+                   help="cosmos_hal path checkpointing: auto (default; sized to memory from a one-block probe), "
                         "selective, full, none, selective:FRACTION (that fraction selective, rest full), "
                         "mixed, or a comma list with one mode per block")
     p.add_argument("--memory-budget-gb", type=float, default=0.0,
@@ -688,7 +683,7 @@ def apply_tiny(args) -> None:
     args.shapes = args.shapes or "9x32x64"
     args.text_tokens = min(args.text_tokens, 16)
     args.paths = args.paths or "reference,hal,hal-eager"
-    args.ac = "mixed" if args.ac == "auto" else args.ac
+    args.ac = args.ac or "mixed"
     args.compile_backend = "aot_eager" if args.compile_backend == "inductor" else args.compile_backend
     args.ceiling_size = min(args.ceiling_size, 256)
     args.warmup, args.repeats = min(args.warmup, 1), min(args.repeats, 2)
@@ -703,6 +698,7 @@ def run(args) -> dict:
     if args.tiny:
         apply_tiny(args)
     args.shapes = args.shapes or "432x768,704x1280"
+    args.ac = args.ac or "auto"
     args.paths = args.paths or "reference,hal"
     preset = get_preset(args.preset)
     if args.tiny:

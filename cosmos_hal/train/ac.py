@@ -279,3 +279,24 @@ def persistent_bytes(model, *, autocast_weight_bytes: int = 2) -> int:
         if p.dim() >= 2:
             total += p.numel() * autocast_weight_bytes
     return total
+
+
+def auto_plan(model, forward, *, total_bytes: int, headroom: float = 0.10, autocast_dtype=torch.bfloat16,
+              device_type: str | None = None) -> tuple[list[str], BlockMemory, float]:
+    """Per-block modes for ``model`` sized to ``total_bytes`` of device memory, in one call.
+
+    ``forward()`` runs one real training forward (it is stopped at block 0); block 0 is then
+    probed in every mode at those inputs. Returns (modes, the probe, the activation budget).
+    Call it after adapters are added and before compile; gradients it makes are cleared."""
+    args, kwargs = capture_block_inputs(model, forward)
+    memory = probe_block_memory(model, args, kwargs, autocast_dtype=autocast_dtype, device_type=device_type)
+    model.zero_grad(set_to_none=True)
+    del args, kwargs
+    gc.collect()
+    budget = activation_budget(total_bytes=total_bytes, persistent_bytes=persistent_bytes(model),
+                               backward_peak_bytes=memory.backward_peak, other_bytes=6 * memory.output,
+                               headroom=headroom)
+    n = len(transformer_blocks(model))
+    if not any(memory.saved.values()) or not total_bytes:  # no allocator counters or device size: play safe
+        return ["selective"] * n, memory, budget
+    return plan_modes(n, memory, budget), memory, budget
