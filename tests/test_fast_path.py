@@ -216,3 +216,17 @@ def test_fast_path_on_gpu_with_inductor():
     args = argparse.Namespace(seed=0, compile_backend="inductor")
     out = check_numerics(args, PRESET, dev, shape=Shape(9, 64, 64, text_tokens=16), compile_fast=True)
     assert out["passed"], out
+
+
+def test_fast_path_fp32_matches_a_float64_reference():
+    """The standard check: fast path in float32 against the diffusers path in float64."""
+    ref, fast = pair(seed=9)
+    ref = ref.double()
+    make_fast(fast, ac_modes="selective", compile=False, device="cpu", compute_dtype=torch.float32)
+    inp = make_inputs(PRESET, SHAPE, "cpu", seed=10)
+    inp64 = type(inp)(**{k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in vars(inp).items()})
+    r_loss, r_grad = loss_and_grads(ref, inp64, amp=False)
+    f_loss, f_grad = loss_and_grads(fast, inp, amp=False)
+    assert r_loss.dtype == torch.float64 and torch.isfinite(f_grad).all()
+    assert rel(f_loss, r_loss) < 1e-5
+    assert rel(f_grad, r_grad) < 1e-5
