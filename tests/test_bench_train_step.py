@@ -152,7 +152,7 @@ def test_goals_are_checked_against_the_issue_thresholds():
 def test_time_estimate_learns_the_compile_time():
     args = bench.build_parser().parse_args(["--warmup", "1", "--repeats", "3"])
     p2b = get_preset("predict2-2b")
-    small, big = parse_shape("432x768", 93, 512), parse_shape("704x1280", 93, 512)
+    small = parse_shape("432x768", 93, 512)
     tf = train_flops(p2b, small) / 1e12
     done = [{"status": "ok", "shape": small.label, "path": "hal", "median_s": 2.0, "first_step_s": 202.0,
              "model_tflop": tf}]

@@ -273,11 +273,11 @@ def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling
                              device=device, compute_dtype=amp_dtype or torch.float32)
         optimizer = fast_optimizer(params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
     backend = _backend()
-    step = lambda: train_step(model, optimizer, params, inp, amp_dtype=amp_dtype, device_type=device.type)  # noqa: E731
+    kw = dict(amp_dtype=amp_dtype, device_type=device.type)
     try:
         for i in range(max(1, args.warmup)):
             t0 = time.perf_counter()
-            loss = step()
+            loss = train_step(model, optimizer, params, inp, **kw)
             backend.synchronize()
             if i == 0:
                 res.first_step_s = time.perf_counter() - t0
@@ -285,7 +285,7 @@ def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            loss = step()
+            loss = train_step(model, optimizer, params, inp, **kw)
             backend.synchronize()
             times.append(time.perf_counter() - t0)
         res.loss = float(loss)  # the only device->host read, after timing
@@ -300,7 +300,7 @@ def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling
         if not math.isfinite(res.loss):
             res.status, res.error = "error", f"loss is {res.loss}"
     finally:
-        del optimizer, params, model, step
+        del optimizer, params, model
         if setting.path != "reference":
             from cosmos_hal.train.compile import reset_compiler
 
