@@ -309,7 +309,7 @@ def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling
     return res
 
 
-def run_setting_safely(args, preset, setting, inp, device, ceiling) -> Result:
+def run_setting_safely(args, preset, setting, inp, device, ceiling, expected_s: float = 0.0) -> Result:
     """run_setting inside try/except. A failed cosmos_hal setting is retried once or twice:
     after an out-of-memory with a safer plan (all selective, then all full), after any other
     error (e.g. a compiler failure) with the same plan without torch.compile."""
@@ -332,7 +332,7 @@ def run_setting_safely(args, preset, setting, inp, device, ceiling) -> Result:
             _log(f"  {setting.shape.label} {setting.mode} {setting.path}: {msg}")
             if kind == "error" and not args.quiet:
                 _log(tb)
-        if setting.path == "reference" or not args.retry or _over_budget(args):
+        if setting.path == "reference" or not args.retry or _over_budget(args, expected_s):
             break
         if kind == "oom":
             current = kw.get("ac_override")
@@ -749,7 +749,7 @@ def run(args) -> dict:
                     continue
                 _log(f"-- {shape.label} {mode} {path}")
                 res = run_setting_safely(args, preset, Setting(shape, mode, path), inp, device,
-                                         report["ceiling_tflops"])
+                                         report["ceiling_tflops"], expected_s=expected)
                 report["settings"].append(dataclasses.asdict(res))
                 if res.block_memory_gb and mode == "full":
                     report["block_memory_gb"][shape.label] = res.block_memory_gb
