@@ -170,6 +170,21 @@ def test_npu_path_hands_the_op_only_shapes_it_accepts(mask_kind, npu_emulator):
         assert torch.isfinite(out).all()
 
 
+def test_emulator_stops_claiming_an_accelerator_once_removed(npu_emulator):
+    """While imported it is torch's accelerator; once tests drop it from sys.modules, torch
+    must stop looking for an NPU (torch.compile and checkpointing would fail otherwise)."""
+    assert torch.accelerator.current_accelerator(True).type == "npu"
+    saved = {m: sys.modules.pop(m) for m in list(sys.modules) if m == "torch_npu" or m.startswith("torch_npu.")}
+    try:
+        accelerator = torch.accelerator.current_accelerator(True)
+        assert accelerator is None or accelerator.type != "npu"
+        compiled = torch.compile(lambda x: x + 1, fullgraph=True, backend="eager")
+        assert compiled(torch.ones(2)).tolist() == [2.0, 2.0]
+    finally:
+        sys.modules.update(saved)
+    assert torch.npu.is_available()
+
+
 # -- front end: validation and choice --------------------------------------------------------
 def test_pinned_implementation_is_used(monkeypatch):
     monkeypatch.setenv("COSMOS_HAL_ATTENTION", "math")

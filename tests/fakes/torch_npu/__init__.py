@@ -4,7 +4,8 @@ A test double for missing hardware, never imported by the package. It follows As
 documented semantics (see docs/npu.md and the op schemas in the real wheel's
 ``_op_plugin_docs.py``), so the npu backend's real code runs here:
 
-* ``torch.npu``: is_available, device_count, set_device, current_device, synchronize,
+* ``torch.npu``: is_available, device_count (both only while this module is the imported
+  torch_npu), get_amp_supported_dtype, is_bf16_supported, set_device, current_device, synchronize,
   manual_seed(_all), get_rng_state/set_rng_state (one generator per emulated device),
   get_device_name, memory counters, matmul/conv ``allow_hf32`` switches.
 * Kernels (``_ops.py``): npu_fusion_attention, npu_rms_norm, npu_rotary_mul, and
@@ -19,6 +20,7 @@ documented semantics (see docs/npu.md and the op schemas in the real wheel's
 from __future__ import annotations
 
 import os
+import sys
 import types
 
 import torch
@@ -26,6 +28,7 @@ import torch
 __version__ = "2.14.0+emulated"
 EMULATED = True
 
+_this = sys.modules[__name__]
 _count = int(os.environ.get("FAKE_NPU_DEVICE_COUNT", "8"))
 _current = 0
 _generators: dict[int, torch.Generator] = {}
@@ -54,8 +57,16 @@ def _index(device) -> int:
 npu = types.ModuleType("torch_npu.npu")
 
 
+def _active() -> bool:
+    """Whether this emulator is still the imported torch_npu. Tests remove it from
+    sys.modules when done; ``torch.npu`` (which cannot be unregistered) then reports no
+    device, so torch's accelerator API stops naming "npu" (torch.compile, activation
+    checkpointing and autocast would otherwise look for an NPU for the rest of the process)."""
+    return sys.modules.get("torch_npu") is _this
+
+
 def _is_available() -> bool:
-    return _count > 0
+    return _count > 0 and _active()
 
 
 def _set_device(device) -> None:
@@ -83,7 +94,9 @@ def _set_rng_state(new_state: torch.Tensor, device="npu") -> None:
 _peak = {"allocated": 0}
 
 npu.is_available = _is_available
-npu.device_count = lambda: _count
+npu.device_count = lambda: _count if _active() else 0
+npu.get_amp_supported_dtype = lambda: [torch.float16, torch.bfloat16]
+npu.is_bf16_supported = lambda: True
 npu.set_device = _set_device
 npu.current_device = lambda: _current
 npu.synchronize = lambda device=None: None
@@ -106,8 +119,9 @@ def _register() -> None:
         torch.utils.rename_privateuse1_backend("npu")
     if not hasattr(torch, "npu"):
         torch._register_device_module("npu", npu)
-    else:  # a second import after a test removed us from sys.modules
-        torch.npu = npu
+    else:  # a second import after a test removed us from sys.modules: torch's accelerator
+        # API keeps the first module object, so refresh that one in place
+        torch.npu.__dict__.update({k: v for k, v in npu.__dict__.items() if not k.startswith("__")})
 
 
 _register()
