@@ -77,7 +77,11 @@ def kernel_plan(op: str, impl: str | None = None) -> tuple[tuple[registry.Kernel
 
 def prepare_kernels() -> dict[str, str]:
     """Choose every op's kernels now (eagerly), e.g. before torch.compile; returns op -> first choice."""
-    return {op: (kernel_plan(op)[0][0].name if kernel_plan(op)[0] else "none") for op in OPS}
+    firsts = {}
+    for op in OPS:
+        kernels, _ = kernel_plan(op)
+        firsts[op] = kernels[0].name if kernels else "none"
+    return firsts
 
 
 def pick_kernel(op: str, args: tuple, impl: str | None = None) -> registry.Kernel:

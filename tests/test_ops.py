@@ -280,3 +280,13 @@ def test_fsdp2_dtensor_parameters_fall_back_from_npu_fused_adamw(npu_emulator):
     finally:
         if owns_group:
             dist.destroy_process_group()
+
+
+def test_prepare_kernels_reports_the_first_choice_per_op(monkeypatch):
+    monkeypatch.setenv("COSMOS_HAL_BACKEND", "cpu")
+    monkeypatch.setenv("COSMOS_HAL_ATTENTION", "math")
+    assert ops.prepare_kernels() == {"attention": "math", "rms_norm": "torch", "rope": "torch",
+                                     "adamw": "torch_foreach"}
+    monkeypatch.setenv("COSMOS_HAL_ROPE", "npu_rotary_mul")
+    with pytest.raises(registry.KernelUnavailableError, match="COSMOS_HAL_ROPE=npu_rotary_mul"):
+        ops.prepare_kernels()
