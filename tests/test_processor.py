@@ -158,3 +158,13 @@ def test_installed_attention_compiles_without_graph_breaks():
     proc = subprocess.run([sys.executable, "-c", COMPILE_CHECK], cwd=os.path.join(REPO, "tests"),
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "compiled in one graph" in proc.stdout, proc.stderr[-3000:]
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mask", [None, "bool", "additive"])
+def test_processor_matches_diffusers_on_the_gpu(mask):
+    reference = tiny_cosmos().cuda()
+    ours = copy.deepcopy(reference)
+    install_processor(ours)
+    kw = {k: (v.cuda() if isinstance(v, torch.Tensor) else v) for k, v in inputs(mask=mask, seed=8).items()}
+    assert_same(reference, ours, kw)
