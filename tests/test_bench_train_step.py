@@ -105,6 +105,9 @@ def test_bad_flags_fail_clearly(tmp_path):
         bench.run(bench.build_parser().parse_args(["--tiny", "--paths", "fast"]))
     with pytest.raises(SystemExit, match="--modes"):
         bench.run(bench.build_parser().parse_args(["--tiny", "--modes", "half"]))
+    for bad in ("sometimes", "selective:2", "full,none"):
+        with pytest.raises(SystemExit, match="--ac"):
+            bench.run(bench.build_parser().parse_args(["--tiny", "--ac", bad]))
 
 
 def test_tool_script_runs_and_documents_its_flags():

@@ -176,36 +176,58 @@ def train_step(model, optimizer, params, inp: StepInputs, *, amp_dtype, device_t
 # -- the cosmos_hal path's memory plan -------------------------------------------------------
 
 
+def _check_ac_spec(spec: str, n: int) -> None:
+    from cosmos_hal.train import ac
+
+    ok = spec in ac.MODES or spec in ("auto", "mixed")
+    if spec.startswith("selective:"):
+        try:
+            ok = 0.0 <= float(spec.split(":", 1)[1]) <= 1.0
+        except ValueError:
+            ok = False
+    if "," in spec:
+        modes = [m.strip() for m in spec.split(",")]
+        ok = len(modes) == n and all(m in ac.MODES for m in modes)
+    if not ok:
+        raise SystemExit(f"--ac {spec!r}: use auto, none, selective, full, mixed, selective:FRACTION (0..1) "
+                         f"or a comma list of {n} modes from {', '.join(ac.MODES)}")
+
+
 def resolve_ac(args, model, preset, inp: StepInputs, device, amp_dtype, *, mode: str) -> tuple:
-    """(per-block AC modes, block memory probe or None, how they were chosen)."""
+    """(per-block AC modes, block memory probe or None, how they were chosen).
+
+    The one-block memory probe runs for ``--ac auto`` and, for the per-block table and the
+    14B estimate, for every full fine-tune setting whatever ``--ac`` says."""
     from cosmos_hal.train import ac
 
     n = preset.num_layers
     spec = args.ac
+    memory, plan, budget = None, None, 0.0
+    total = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else device_total_bytes()
+    if spec == "auto" or mode == "full":
+        fwd = lambda: forward_loss(model, inp, amp_dtype=amp_dtype, device_type=device.type)  # noqa: E731
+        plan, memory, budget = ac.auto_plan(model, fwd, total_bytes=total, headroom=args.memory_headroom,
+                                            autocast_dtype=amp_dtype, device_type=device.type)
+        free_memory()
     if spec in ac.MODES:
-        return [spec] * n, None, f"--ac {spec}"
+        return [spec] * n, memory, f"--ac {spec}"
     if spec == "mixed":  # every mode once per three blocks: the smoke test's coverage
-        return [ac.MODES[(i + 1) % 3] for i in range(n)], None, "--ac mixed"
+        return [ac.MODES[(i + 1) % 3] for i in range(n)], memory, "--ac mixed"
     if "," in spec:
         modes = [m.strip() for m in spec.split(",")]
         if len(modes) != n or any(m not in ac.MODES for m in modes):
             raise ValueError(f"--ac {spec!r}: give {n} modes from {ac.MODES}")
-        return modes, None, "--ac list"
+        return modes, memory, "--ac list"
     if spec.startswith("selective:"):
         frac = float(spec.split(":", 1)[1])
         k = max(0, min(n, round(frac * n)))
-        return ["full"] * (n - k) + ["selective"] * k, None, f"--ac {spec}"
+        return ["full"] * (n - k) + ["selective"] * k, memory, f"--ac {spec}"
     if spec != "auto":
         raise ValueError(f"--ac {spec!r}: use auto, none, selective, full, mixed, selective:FRACTION "
                          f"or a comma list of {n} modes")
-    total = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else device_total_bytes()
-    fwd = lambda: forward_loss(model, inp, amp_dtype=amp_dtype, device_type=device.type)  # noqa: E731
-    modes, memory, budget = ac.auto_plan(model, fwd, total_bytes=total, headroom=args.memory_headroom,
-                                         autocast_dtype=amp_dtype, device_type=device.type)
-    free_memory()
     if not total:
-        return ["selective"] * n, memory, "auto: no device memory information, all selective"
-    return modes, memory, f"auto: activation budget {budget / 2**30:.1f} GiB of {total / 2**30:.1f}"
+        return plan, memory, "auto: no device memory information, all selective"
+    return plan, memory, f"auto: activation budget {budget / 2**30:.1f} GiB of {total / 2**30:.1f}"
 
 
 # -- one setting ---------------------------------------------------------------------------
@@ -712,6 +734,7 @@ def run(args) -> dict:
     for q in paths:
         if q not in PATHS:
             raise SystemExit(f"--paths: unknown path {q!r}; use {','.join(PATHS)}")
+    _check_ac_spec(args.ac, preset.num_layers)
     if args.warmup < 1 or args.repeats < 1:
         raise SystemExit("--warmup and --repeats must be >= 1 (the first step compiles and allocates state)")
     backend = _backend()
