@@ -60,7 +60,7 @@ def forward_backward(model, kw):
     model.zero_grad(set_to_none=True)
     out = model(**kw, return_dict=False)[0]
     g = torch.Generator().manual_seed(7)
-    (out * torch.randn(out.shape, generator=g)).sum().backward()
+    (out * torch.randn(out.shape, generator=g).to(out.device)).sum().backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.detach(), grads
 
