@@ -52,7 +52,9 @@ check() {
 }
 
 train_bench() {
-    step bench_train_step 560 $PY tools/bench_train_step.py ${TRAIN_BENCH_ARGS:-} --out "$OUT/bench_train_step.json"
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step bench_train_step 570 $PY tools/bench_train_step.py \
+        ${TRAIN_BENCH_ARGS:---shapes 432x768,704x1280 --modes full,lora --paths reference,hal --warmup 1 --repeats 3 --check-numerics --time-budget-s 390} \
+        --out "$OUT/bench_train_step.json" --md "$OUT/bench_train_step.md"
 }
 
 infer_bench() {
