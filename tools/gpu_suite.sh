@@ -40,26 +40,34 @@ setup() {
 check() {
     step info 60 $PY -m cosmos_hal info
     $PY -m cosmos_hal info --json >"$OUT/info.json" 2>&1
-    step cuda_tests 240 $PY -m pytest -q -m cuda -x -p no:cacheprovider
+    step cuda_tests 200 $PY -m pytest -q -m cuda -p no:cacheprovider
     step bench_kernels 150 $PY tools/bench_kernels.py --out "$OUT/bench_kernels.json"
-    step tiny_train 90 bash train.sh output_dir=/tmp/tiny_default
+    step tiny_train 60 bash train.sh output_dir=/tmp/tiny_default
     cp /tmp/tiny_default/metrics.jsonl "$OUT/tiny_train_metrics.jsonl" 2>/dev/null
-    step parity_fp32 150 $PY tools/loss_parity.py --run tiny_video2world_synthetic --backends cuda,cpu \
-        --steps 100 --parity logging_iter=1 --step-rtol 1e-4 --rtol 1e-4 --window 10 --plot "$OUT/parity_fp32.png" --overwrite
-    step parity_bf16 150 $PY tools/loss_parity.py --run tiny_video2world_synthetic --backends cuda,cpu \
-        --steps 100 --parity logging_iter=1 cuda:precision=bf16 --rtol 5e-3 --window 20 --plot "$OUT/parity_bf16.png" --overwrite
-    cp output/parity/tiny_video2world_synthetic/cuda/metrics.jsonl "$OUT/parity_cuda_metrics.jsonl" 2>/dev/null
+    parity
+}
+
+parity() {  # tiny Video2World, 100 steps, parity mode: CPU fp32 is the reference
+    local common="--EXP=tiny_video2world_synthetic max_iter=100 parity=true logging_iter=1 save_at_end=false"
+    step parity_cpu 100 bash train.sh --backend=cpu $common output_dir=/tmp/par/cpu
+    step parity_cuda_fp32 60 bash train.sh --backend=cuda $common output_dir=/tmp/par/cuda_fp32
+    step parity_cuda_bf16 60 bash train.sh --backend=cuda $common precision=bf16 output_dir=/tmp/par/cuda_bf16
+    for r in cpu cuda_fp32 cuda_bf16; do cp /tmp/par/$r/metrics.jsonl "$OUT/parity_$r.jsonl" 2>/dev/null; done
+    step compare_fp32 60 $PY tools/loss_parity.py /tmp/par/cuda_fp32 /tmp/par/cpu --step-rtol 1e-4 --rtol 1e-4 \
+        --window 10 --plot "$OUT/parity_fp32.png"
+    step compare_bf16 60 $PY tools/loss_parity.py /tmp/par/cuda_bf16 /tmp/par/cpu --rtol 5e-3 --window 20 \
+        --plot "$OUT/parity_bf16.png"
 }
 
 train_bench() {
-    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step bench_train_step 570 $PY tools/bench_train_step.py \
-        ${TRAIN_BENCH_ARGS:---shapes 432x768,704x1280 --modes full,lora --paths reference,hal --warmup 1 --repeats 3 --check-numerics --time-budget-s 390} \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step bench_train_step 480 $PY tools/bench_train_step.py \
+        ${TRAIN_BENCH_ARGS:---shapes 432x768,704x1280 --modes full,lora --paths reference,hal --warmup 1 --repeats 3 --check-numerics --time-budget-s 330} \
         --out "$OUT/bench_train_step.json" --md "$OUT/bench_train_step.md"
 }
 
 infer_bench() {
-    step bench_infer 300 $PY tools/bench_infer.py --json_out "$OUT/bench_infer.json"
-    step train_2b_704 280 bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \
+    step bench_infer 240 $PY tools/bench_infer.py --json_out "$OUT/bench_infer.json"
+    step train_2b_704 240 bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \
         --nproc_per_node=1 data.synthetic=true data.synthetic_videos=2 data.latent_cache=true \
         data.num_workers=1 max_iter=8 logging_iter=1 save_at_end=false output_dir=/tmp/bench_2b_704
     cp /tmp/bench_2b_704/metrics.jsonl "$OUT/train_2b_704_metrics.jsonl" 2>/dev/null
@@ -70,7 +78,7 @@ setup || { echo "setup failed"; exit 1; }
 for part in "$@"; do
     case "$part" in
         setup) ;;
-        check|train_bench|infer_bench) "$part" ;;
+        check|parity|train_bench|infer_bench) "$part" ;;
         *) echo "unknown part: $part"; exit 2 ;;
     esac
 done
