@@ -106,7 +106,8 @@ def world() -> World:
 
 
 def barrier() -> None:
-    if tdist.is_initialized():
+    """Wait for every rank; a no-op for one process (no collective needs to start for it)."""
+    if tdist.is_initialized() and tdist.get_world_size() > 1:
         tdist.barrier()
 
 

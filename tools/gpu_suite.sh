@@ -50,12 +50,12 @@ check() {
 parity() {  # tiny Video2World, 100 steps, parity mode: CPU fp32 is the reference
     local common="--EXP=tiny_video2world_synthetic max_iter=100 parity=true logging_iter=1 save_at_end=false"
     step parity_cpu 100 bash train.sh --backend=cpu $common output_dir=/tmp/par/cpu
-    step parity_cuda_fp32 60 bash train.sh --backend=cuda $common output_dir=/tmp/par/cuda_fp32
-    step parity_cuda_bf16 60 bash train.sh --backend=cuda $common precision=bf16 output_dir=/tmp/par/cuda_bf16
+    step parity_cuda_fp32 45 bash train.sh --backend=cuda $common output_dir=/tmp/par/cuda_fp32
+    step parity_cuda_bf16 45 bash train.sh --backend=cuda $common precision=bf16 output_dir=/tmp/par/cuda_bf16
     for r in cpu cuda_fp32 cuda_bf16; do cp /tmp/par/$r/metrics.jsonl "$OUT/parity_$r.jsonl" 2>/dev/null; done
-    step compare_fp32 60 $PY tools/loss_parity.py /tmp/par/cuda_fp32 /tmp/par/cpu --step-rtol 1e-4 --rtol 1e-4 \
+    step compare_fp32 20 $PY tools/loss_parity.py /tmp/par/cuda_fp32 /tmp/par/cpu --step-rtol 1e-4 --rtol 1e-4 \
         --window 10 --plot "$OUT/parity_fp32.png"
-    step compare_bf16 60 $PY tools/loss_parity.py /tmp/par/cuda_bf16 /tmp/par/cpu --rtol 5e-3 --window 20 \
+    step compare_bf16 20 $PY tools/loss_parity.py /tmp/par/cuda_bf16 /tmp/par/cpu --rtol 5e-3 --window 20 \
         --plot "$OUT/parity_bf16.png"
 }
 
@@ -66,10 +66,10 @@ train_bench() {
 }
 
 infer_bench() {
-    step bench_infer 240 $PY tools/bench_infer.py --json_out "$OUT/bench_infer.json"
-    step train_2b_704 240 bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \
+    step bench_infer 170 $PY tools/bench_infer.py --json_out "$OUT/bench_infer.json"
+    step train_2b_704 200 bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \
         --nproc_per_node=1 data.synthetic=true data.synthetic_videos=2 data.latent_cache=true \
-        data.num_workers=1 max_iter=8 logging_iter=1 save_at_end=false output_dir=/tmp/bench_2b_704
+        data.num_workers=1 max_iter=5 logging_iter=1 save_at_end=false output_dir=/tmp/bench_2b_704
     cp /tmp/bench_2b_704/metrics.jsonl "$OUT/train_2b_704_metrics.jsonl" 2>/dev/null
 }
 
