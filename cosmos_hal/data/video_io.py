@@ -269,14 +269,29 @@ def _as_uint8_frames(frames) -> np.ndarray:
 
 
 def read_image(path) -> np.ndarray:
-    """An image as uint8 (H, W, 3) RGB (OpenCV's decoder: present on every host)."""
-    import cv2
+    """An image as uint8 (H, W, 3) RGB.
 
+    Pillow decodes (torchvision requires it, so it is on every host); OpenCV is the fallback.
+    Why not OpenCV first: once decord is loaded in the process, OpenCV's PNG decoder returns
+    nothing for valid files (the two bundle clashing codec libraries)."""
     path = Path(path)
     _check_exists(path)
+    pil_error = None
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except ImportError:
+        pass
+    except Exception as exc:  # Pillow could not decode it: try OpenCV before giving up
+        pil_error = exc
+    import cv2
+
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        raise VideoDecodeError(f"{path}: cannot decode image (corrupt or not an image?)")
+        raise VideoDecodeError(f"{path}: cannot decode image (corrupt or not an image?)"
+                               + (f"; Pillow said: {pil_error}" if pil_error else ""))
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
