@@ -137,7 +137,7 @@ def shutdown() -> None:
     global _world
     if tdist.is_initialized():
         try:
-            tdist.barrier()
+            barrier()
         finally:
             tdist.destroy_process_group()
     _world = None
