@@ -171,6 +171,13 @@ class DrawAhead:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _chosen_kernels(backend) -> dict:
+    """op -> the implementation this run uses (so a log says whether a pin took effect)."""
+    from cosmos_hal import registry
+
+    return {op: registry.choose(op, backend.name)[0] for op in registry.ops()}
+
+
 def memory_gb(backend) -> float:
     stats = backend.memory_stats()
     for key in ("peak_allocated_gb", "peak_rss_gb"):
@@ -195,6 +202,7 @@ def train(exp: Experiment) -> dict:
     logger = MetricsLogger(out_dir, enabled=world.is_main, total=exp.max_iter)
     logger.info(describe(exp))
     logger.info(f"backend {backend.name} ({world.dist_backend}), world size {world.world_size}, device {world.device}")
+    logger.info("kernels: " + ", ".join(f"{op}={k.name}" for op, k in _chosen_kernels(backend).items()))
     if not exp.model_path:
         logger.info(f"model_path not set: training {exp.preset} from RANDOM weights (seeded init)")
     if os.sep not in vae_source(exp):
