@@ -28,10 +28,13 @@ def test_bench_smoke_times_both_processors_and_outputs_agree(tmp_path, capsys):
 
 
 @pytest.mark.cuda
-def test_bench_2b_bf16_processors_agree_on_gpu(tmp_path):
+def test_bench_2b_processors_agree_on_gpu(tmp_path):
+    """fp32, so the comparison measures the processors and not bf16 rounding: on 2026-11-23 the
+    bf16 version of this check put the two 9e-2 apart at this small shape (28 random-weight
+    blocks amplify one different rounding), while at 93x704x1280 they were bit-identical."""
     out = tmp_path / "bench.json"
     rc = bench.main(["--preset", "predict2-2b", "--frames", "5", "--height", "352", "--width", "640",
-                     "--warmup", "1", "--repeats", "2", "--json_out", str(out)])
+                     "--dtype", "fp32", "--warmup", "1", "--repeats", "2", "--json_out", str(out)])
     report = json.loads(out.read_text())
     assert rc == 0 and report["outputs_finite"]
-    assert report["rel_err_hal_vs_diffusers"] < 1e-2  # bf16
+    assert report["rel_err_hal_vs_diffusers"] < 1e-4  # fp32 through 28 blocks
