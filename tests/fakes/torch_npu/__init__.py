@@ -102,6 +102,7 @@ npu.current_device = lambda: _current
 npu.synchronize = lambda device=None: None
 npu.manual_seed = _manual_seed
 npu.manual_seed_all = _manual_seed_all
+npu._is_in_bad_fork = lambda: False  # torch.manual_seed asks every device module
 npu.get_rng_state = _get_rng_state
 npu.set_rng_state = _set_rng_state
 npu.get_device_name = lambda device=None: "Ascend910B1 (emulated)"
