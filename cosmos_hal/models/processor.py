@@ -40,20 +40,7 @@ class CosmosHalAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif isinstance(encoder_hidden_states, tuple):
-            raise TypeError("CosmosHalAttnProcessor got (text, image) context; image-context "
-                            "attention (CosmosAttnProcessor2_5) is not supported, keep diffusers' processor")
-
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-
-        head_dim = query.shape[-1] // attn.heads
-        query = query.unflatten(2, (attn.heads, head_dim))  # BSND
-        key = key.unflatten(2, (-1, head_dim))
-        value = value.unflatten(2, (-1, value.shape[-1] // key.shape[2]))
+        query, key, value = project_qkv(attn, hidden_states, encoder_hidden_states, type(self).__name__)
 
         query = _qk_norm(attn.norm_q, query)
         key = _qk_norm(attn.norm_k, key)
@@ -63,11 +50,33 @@ class CosmosHalAttnProcessor:
             query = apply_rope(query, cos, sin, layout="BSND")
             key = apply_rope(key, cos, sin, layout="BSND")
 
-        mask = _sdpa_mask(attention_mask, batch=query.shape[0], kv_len=key.shape[1])
+        mask = sdpa_mask(attention_mask, batch=query.shape[0], kv_len=key.shape[1])
         out = attention(query, key, value, layout="BSND", mask=mask)
-        out = out.flatten(2, 3).type_as(query)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
+        return project_out(attn, out, query.dtype)
+
+
+def project_qkv(attn, hidden_states, encoder_hidden_states, who: str):
+    """q, k, v projected and split into heads, BSND (shared by every Cosmos processor here).
+    Key/value may have fewer heads than the query (GQA)."""
+    if encoder_hidden_states is None:
+        encoder_hidden_states = hidden_states
+    elif isinstance(encoder_hidden_states, tuple):
+        raise TypeError(f"{who} got (text, image) context; image-context attention "
+                        "(CosmosAttnProcessor2_5) is not supported, keep diffusers' processor")
+    query = attn.to_q(hidden_states)
+    key = attn.to_k(encoder_hidden_states)
+    value = attn.to_v(encoder_hidden_states)
+    head_dim = query.shape[-1] // attn.heads
+    query = query.unflatten(2, (attn.heads, head_dim))
+    key = key.unflatten(2, (-1, head_dim))
+    value = value.unflatten(2, (-1, value.shape[-1] // key.shape[2]))
+    return query, key, value
+
+
+def project_out(attn, out: torch.Tensor, dtype) -> torch.Tensor:
+    """Merge heads (BSND -> BSD) and apply the output projection and its dropout."""
+    out = out.flatten(2, 3).to(dtype)
+    return attn.to_out[1](attn.to_out[0](out))
 
 
 def _qk_norm(norm, x: torch.Tensor) -> torch.Tensor:
@@ -81,7 +90,7 @@ def _qk_norm(norm, x: torch.Tensor) -> torch.Tensor:
     return norm(x)
 
 
-def _sdpa_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> torch.Tensor | None:
+def sdpa_mask(mask: torch.Tensor | None, batch: int, kv_len: int) -> torch.Tensor | None:
     """diffusers' native backend reshapes a (B, Sk) mask to (B, 1, 1, Sk); other shapes
     pass through in SDPA meaning (bool True = attend, float = additive)."""
     if mask is not None and mask.dim() == 2 and tuple(mask.shape) == (batch, kv_len):

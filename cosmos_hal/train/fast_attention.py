@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 
 from cosmos_hal.ops import qk_norm_rope
+from cosmos_hal.models.processor import project_out, project_qkv, sdpa_mask
 
 # The module, not the package's function of the same name (see cosmos_hal/backends/cpu.py).
 _attention = importlib.import_module("cosmos_hal.attention")
@@ -41,18 +42,7 @@ class FastCosmosAttnProcessor:
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None,
                  image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        if encoder_hidden_states is None:
-            encoder_hidden_states = hidden_states
-        elif isinstance(encoder_hidden_states, tuple):
-            raise TypeError("FastCosmosAttnProcessor got (text, image) context; image-context attention "
-                            "(CosmosAttnProcessor2_5) is not supported by the fast path")
-        query = attn.to_q(hidden_states)
-        key = attn.to_k(encoder_hidden_states)
-        value = attn.to_v(encoder_hidden_states)
-        head_dim = query.shape[-1] // attn.heads
-        query = query.unflatten(2, (attn.heads, head_dim))
-        key = key.unflatten(2, (-1, head_dim))
-        value = value.unflatten(2, (-1, value.shape[-1] // key.shape[2]))
+        query, key, value = project_qkv(attn, hidden_states, encoder_hidden_states, type(self).__name__)
 
         cos, sin = image_rotary_emb if image_rotary_emb is not None else (None, None)
         query = _norm_rope(attn.norm_q, query, cos, sin)
@@ -60,13 +50,9 @@ class FastCosmosAttnProcessor:
         if query.dtype != value.dtype:  # float32 norm weights without autocast: keep one dtype
             query, key = query.to(value.dtype), key.to(value.dtype)
 
-        mask = attention_mask
-        if mask is not None and mask.dim() == 2:
-            mask = mask[:, None, None, :]
+        mask = sdpa_mask(attention_mask, batch=query.shape[0], kv_len=key.shape[1])
         out = self._attend(query, key, value, mask)
-        out = out.flatten(2, 3).type_as(query)
-        out = attn.to_out[0](out)
-        return attn.to_out[1](out)
+        return project_out(attn, out, query.dtype)
 
     def _attend(self, q, k, v, mask):
         if self.sdpa_backends is not None:
