@@ -12,6 +12,7 @@ if both fail, :class:`VideoDecodeError` names the file and both reasons.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import tempfile
@@ -202,6 +203,19 @@ def _atomic_target(path: Path, suffix: str) -> Path:
     return Path(tmp)
 
 
+@contextlib.contextmanager
+def _written_atomically(path: Path, suffix: str):
+    """Yield a temporary name beside ``path``; rename it to ``path`` only if the block ends
+    without error, else delete it: no half-written file ever carries the real name."""
+    tmp = _atomic_target(path, suffix)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_video(path, frames_uint8, fps: float, quality: int = 8) -> Path:
     """Write (T, H, W, 3) uint8 RGB frames as H.264 mp4, to a temp name then renamed, so a
     crash never leaves a half-written video under the real name. Odd sizes use yuv444p
@@ -217,8 +231,7 @@ def write_video(path, frames_uint8, fps: float, quality: int = 8) -> Path:
 
     t, h, w, _ = frames.shape
     pixfmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
-    tmp = _atomic_target(path, ".mp4")
-    try:
+    with _written_atomically(path, ".mp4") as tmp:
         writer = imageio.get_writer(
             str(tmp), format="FFMPEG", fps=float(fps), codec="libx264", pixelformat=pixfmt,
             macro_block_size=1, quality=quality, ffmpeg_log_level="error",
@@ -229,10 +242,6 @@ def write_video(path, frames_uint8, fps: float, quality: int = 8) -> Path:
                 writer.append_data(frame)
         finally:
             writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -240,8 +249,7 @@ def _write_video_opencv(path: Path, frames: np.ndarray, fps: float) -> Path:
     import cv2
 
     t, h, w, _ = frames.shape
-    tmp = _atomic_target(path, ".mp4")
-    try:
+    with _written_atomically(path, ".mp4") as tmp:
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
         if not writer.isOpened():
             raise OSError(f"OpenCV cannot open a video writer for {path}; install imageio-ffmpeg")
@@ -250,10 +258,6 @@ def _write_video_opencv(path: Path, frames: np.ndarray, fps: float) -> Path:
                 writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         finally:
             writer.release()
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -307,11 +311,6 @@ def write_image(path, image_uint8, quality: int = 95) -> Path:
                            [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
     if not ok:
         raise ValueError(f"{path}: OpenCV cannot encode an image with suffix {path.suffix!r}")
-    tmp = _atomic_target(path, path.suffix)
-    try:
+    with _written_atomically(path, path.suffix) as tmp:
         tmp.write_bytes(buf.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
