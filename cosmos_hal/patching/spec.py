@@ -48,7 +48,11 @@ def default_patch_dir() -> str:
     if env:
         return env
     here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.normpath(os.path.join(here, "..", "..", "patches"))
+    checkout = os.path.normpath(os.path.join(here, "..", "..", "patches"))
+    if os.path.isdir(checkout):
+        return checkout
+    # a wheel install: pyproject ships patches/ as the data package cosmos_hal.patches
+    return os.path.normpath(os.path.join(here, "..", "patches"))
 
 
 def _load_toml(path: str) -> dict:
