@@ -16,7 +16,7 @@ import torch
 
 from cosmos_hal import rng
 from cosmos_hal.data.t5_pickle import write_t5_pickle
-from cosmos_hal.data.video_io import write_image, write_video
+from cosmos_hal.data.video_io import write_image, write_text, write_video
 
 LAYOUTS = ("nemo", "gr1", "image")
 GR1_PROMPT_PREFIX = "The robot arm is performing a task. "
@@ -95,13 +95,6 @@ def synthetic_embedding(seed: int, index: int, num_tokens: int, text_embed_dim: 
     return rng.normal(key, (num_tokens, text_embed_dim), dtype=torch.float32, std=0.2).numpy()
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def make_synthetic_dataset(
     root,
     layout: str = "nemo",
@@ -143,7 +136,7 @@ def make_synthetic_dataset(
         if layout == "gr1":  # like GR1: the csv holds the bare prompt, metas/ the prefixed one
             rows.append((f"{name}.mp4", caption))
             caption = GR1_PROMPT_PREFIX + caption
-        _write_text(root / "metas" / f"{name}.txt", caption)
+        write_text(root / "metas" / f"{name}.txt", caption)
         write_t5_pickle(root / "t5_xxl" / f"{name}.pickle", synthetic_embedding(seed, i, num_tokens, text_embed_dim))
     if layout == "gr1":
         tmp = root / ".metadata.csv.tmp"

@@ -9,7 +9,6 @@ zero the rows past each prompt's length, keep only the real rows, store float16.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from cosmos_hal.data.datasets import IMAGE_SUFFIXES, detect_layout, read_gr1_metadata
 from cosmos_hal.data.errors import BadSampleError, DatasetError
 from cosmos_hal.data.t5_pickle import NUM_T5_TOKENS, write_t5_pickle
+from cosmos_hal.data.video_io import write_text
 
 log = logging.getLogger("cosmos_hal.data")
 
@@ -93,25 +93,18 @@ def dataset_prompts(dataset_path, *, prompt: str | None = None, prompt_prefix: s
         meta = root / "metas" / f"{stem}.txt"
         if prompt is not None:
             text = prompt_prefix + prompt
-            _write_caption(meta, text)
+            write_text(meta, text)
         elif meta.is_file():
             text = meta.read_text(encoding="utf-8").strip()
         elif stem in csv_prompts:
             text = prompt_prefix + csv_prompts[stem].strip().strip('"')
-            _write_caption(meta, text)
+            write_text(meta, text)
         else:
             raise BadSampleError(f"{meta}: caption missing for {stem}; write it, or pass --prompt for every file")
         if not text.strip():
             raise BadSampleError(f"{meta}: caption is empty; write the clip's description there")
         out.append((stem, text))
     return out
-
-
-def _write_caption(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def compute_dataset_embeddings(

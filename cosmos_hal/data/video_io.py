@@ -261,6 +261,14 @@ def _write_video_opencv(path: Path, frames: np.ndarray, fps: float) -> Path:
     return path
 
 
+def write_text(path, text: str) -> Path:
+    """A caption file (text plus newline), atomically: metas/*.txt of every layout."""
+    path = Path(path)
+    with _written_atomically(path, ".txt") as tmp:
+        tmp.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
 def _as_uint8_frames(frames) -> np.ndarray:
     if hasattr(frames, "detach"):
         frames = frames.detach().cpu().numpy()
