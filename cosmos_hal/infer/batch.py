@@ -53,7 +53,7 @@ def run_batch(pipe, folder, out_dir, base_request, *, skip_existing: bool = Fals
         req = replace(
             base_request,
             prompt=read_prompt(None, text),
-            conditioning={"image": load_image(image, flag=f"--batch_dir image")},
+            conditioning={"image": load_image(image, flag="--batch_dir image")},
             index=index,
         )
         written.append(write_output(target, video2world(pipe, req), req.fps))
