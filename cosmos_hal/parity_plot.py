@@ -8,9 +8,9 @@ display and no global pyplot state are involved.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from typing import Any
+
+from cosmos_hal.fileio import written_atomically
 
 
 class PlotUnavailableError(RuntimeError):
@@ -76,15 +76,6 @@ def write_plot(report: dict[str, Any], path: str) -> str:
     bottom.grid(alpha=0.3, which="both")
     fig.tight_layout()
 
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".loss_parity.", suffix=".png", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with written_atomically(path, ".png") as tmp:
+        fig.savefig(tmp, format="png")
     return path

@@ -26,3 +26,14 @@ def test_unreadable_image_error_names_the_file(tmp_path):
     bad.write_bytes(b"not an image")
     with pytest.raises(video_io.VideoDecodeError, match="bad.png: cannot decode image"):
         video_io.read_image(bad)
+
+
+def test_failed_atomic_write_leaves_neither_file_nor_temporary(tmp_path):
+    from cosmos_hal.fileio import written_atomically
+
+    target = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError, match="writer died"):
+        with written_atomically(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("writer died")
+    assert list(tmp_path.iterdir()) == []

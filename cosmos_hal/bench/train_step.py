@@ -24,9 +24,7 @@ import dataclasses
 import gc
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -34,6 +32,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cosmos_hal import rng
+from cosmos_hal.fileio import write_text_atomic
 from cosmos_hal.bench.flops import Shape, forward_flops, parse_shape, train_flops
 
 LR, BETAS, EPS, WD = 2**-14.5 * 0.6, (0.9, 0.99), 1e-8, 0.1  # upstream Predict2-2B recipe
@@ -635,15 +634,6 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def write_atomic(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=os.path.basename(path))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 # -- CLI -----------------------------------------------------------------------------------
 
 
@@ -806,9 +796,9 @@ def run(args) -> dict:
 def save_report(args, report: dict) -> str:
     md = markdown(report)
     if args.out:
-        write_atomic(args.out, json.dumps(report, indent=1, default=str))
+        write_text_atomic(args.out, json.dumps(report, indent=1, default=str))
     if args.md:
-        write_atomic(args.md, md + "\n")
+        write_text_atomic(args.md, md + "\n")
     return md
 
 

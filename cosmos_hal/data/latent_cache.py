@@ -12,12 +12,11 @@ Latents are the VAE posterior mean, NOT normalised by latents_mean/std.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from cosmos_hal.fileio import written_atomically
 
 class LatentCache:
     def __init__(self, root):
@@ -45,14 +44,8 @@ class LatentCache:
             "start": int(start), "num_frames": int(num_frames), "resolution": [int(x) for x in resolution],
             "source": str(source), "vae": str(vae),
         }
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with written_atomically(path) as tmp:
             torch.save(entry, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
         return path
 
     def __len__(self) -> int:

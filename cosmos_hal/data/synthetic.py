@@ -16,7 +16,8 @@ import torch
 
 from cosmos_hal import rng
 from cosmos_hal.data.t5_pickle import write_t5_pickle
-from cosmos_hal.data.video_io import write_image, write_text, write_video
+from cosmos_hal.data.video_io import write_image, write_video
+from cosmos_hal.fileio import write_text_atomic
 
 LAYOUTS = ("nemo", "gr1", "image")
 GR1_PROMPT_PREFIX = "The robot arm is performing a task. "
@@ -136,7 +137,7 @@ def make_synthetic_dataset(
         if layout == "gr1":  # like GR1: the csv holds the bare prompt, metas/ the prefixed one
             rows.append((f"{name}.mp4", caption))
             caption = GR1_PROMPT_PREFIX + caption
-        write_text(root / "metas" / f"{name}.txt", caption)
+        write_text_atomic(root / "metas" / f"{name}.txt", caption + "\n")
         write_t5_pickle(root / "t5_xxl" / f"{name}.pickle", synthetic_embedding(seed, i, num_tokens, text_embed_dim))
     if layout == "gr1":
         tmp = root / ".metadata.csv.tmp"

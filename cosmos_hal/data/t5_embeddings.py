@@ -18,7 +18,7 @@ import torch
 from cosmos_hal.data.datasets import IMAGE_SUFFIXES, detect_layout, read_gr1_metadata
 from cosmos_hal.data.errors import BadSampleError, DatasetError
 from cosmos_hal.data.t5_pickle import NUM_T5_TOKENS, write_t5_pickle
-from cosmos_hal.data.video_io import write_text
+from cosmos_hal.fileio import write_text_atomic
 
 log = logging.getLogger("cosmos_hal.data")
 
@@ -93,12 +93,12 @@ def dataset_prompts(dataset_path, *, prompt: str | None = None, prompt_prefix: s
         meta = root / "metas" / f"{stem}.txt"
         if prompt is not None:
             text = prompt_prefix + prompt
-            write_text(meta, text)
+            write_text_atomic(meta, text + "\n")
         elif meta.is_file():
             text = meta.read_text(encoding="utf-8").strip()
         elif stem in csv_prompts:
             text = prompt_prefix + csv_prompts[stem].strip().strip('"')
-            write_text(meta, text)
+            write_text_atomic(meta, text + "\n")
         else:
             raise BadSampleError(f"{meta}: caption missing for {stem}; write it, or pass --prompt for every file")
         if not text.strip():

@@ -13,14 +13,13 @@ Pickles can run code when loaded, so we unpickle with an allow-list (lists, nump
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from cosmos_hal.data.errors import BadSampleError
+from cosmos_hal.fileio import written_atomically
 
 NUM_T5_TOKENS = 512
 T5_EMBED_DIM = 1024
@@ -99,15 +98,8 @@ def write_t5_pickle(path, embedding: np.ndarray) -> Path:
     if arr.ndim != 2:
         raise ValueError(f"write_t5_pickle wants (n_tokens, dim), got shape {arr.shape}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pickle.dump([arr.astype(np.float16)], f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with written_atomically(path) as tmp, open(tmp, "wb") as f:
+        pickle.dump([arr.astype(np.float16)], f)
     return path
 
 

@@ -12,16 +12,15 @@ if both fail, :class:`VideoDecodeError` names the file and both reasons.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from cosmos_hal.data.errors import BadSampleError
+from cosmos_hal.fileio import written_atomically
 
 READERS = ("decord", "opencv")
 ENV_READER = "COSMOS_HAL_VIDEO_READER"
@@ -196,26 +195,6 @@ def read_video(path, frame_indices: Sequence[int] | None = None) -> np.ndarray:
     )
 
 
-def _atomic_target(path: Path, suffix: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
-@contextlib.contextmanager
-def _written_atomically(path: Path, suffix: str):
-    """Yield a temporary name beside ``path``; rename it to ``path`` only if the block ends
-    without error, else delete it: no half-written file ever carries the real name."""
-    tmp = _atomic_target(path, suffix)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def write_video(path, frames_uint8, fps: float, quality: int = 8) -> Path:
     """Write (T, H, W, 3) uint8 RGB frames as H.264 mp4, to a temp name then renamed, so a
     crash never leaves a half-written video under the real name. Odd sizes use yuv444p
@@ -231,7 +210,7 @@ def write_video(path, frames_uint8, fps: float, quality: int = 8) -> Path:
 
     t, h, w, _ = frames.shape
     pixfmt = "yuv420p" if h % 2 == 0 and w % 2 == 0 else "yuv444p"
-    with _written_atomically(path, ".mp4") as tmp:
+    with written_atomically(path, ".mp4") as tmp:
         writer = imageio.get_writer(
             str(tmp), format="FFMPEG", fps=float(fps), codec="libx264", pixelformat=pixfmt,
             macro_block_size=1, quality=quality, ffmpeg_log_level="error",
@@ -249,7 +228,7 @@ def _write_video_opencv(path: Path, frames: np.ndarray, fps: float) -> Path:
     import cv2
 
     t, h, w, _ = frames.shape
-    with _written_atomically(path, ".mp4") as tmp:
+    with written_atomically(path, ".mp4") as tmp:
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (w, h))
         if not writer.isOpened():
             raise OSError(f"OpenCV cannot open a video writer for {path}; install imageio-ffmpeg")
@@ -258,14 +237,6 @@ def _write_video_opencv(path: Path, frames: np.ndarray, fps: float) -> Path:
                 writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         finally:
             writer.release()
-    return path
-
-
-def write_text(path, text: str) -> Path:
-    """A caption file (text plus newline), atomically: metas/*.txt of every layout."""
-    path = Path(path)
-    with _written_atomically(path, ".txt") as tmp:
-        tmp.write_text(text + "\n", encoding="utf-8")
     return path
 
 
@@ -319,6 +290,6 @@ def write_image(path, image_uint8, quality: int = 95) -> Path:
                            [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
     if not ok:
         raise ValueError(f"{path}: OpenCV cannot encode an image with suffix {path.suffix!r}")
-    with _written_atomically(path, path.suffix) as tmp:
+    with written_atomically(path, path.suffix) as tmp:
         tmp.write_bytes(buf.tobytes())
     return path

@@ -184,14 +184,9 @@ def main(argv=None) -> int:
     text = json.dumps(report, indent=None, sort_keys=True, default=str)
     print(text)
     if args.json_out:
-        import os
-        import tempfile
+        from cosmos_hal.fileio import write_text_atomic
 
-        folder = os.path.dirname(os.path.abspath(args.json_out))
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text + "\n")
-        os.replace(tmp, args.json_out)
+        write_text_atomic(args.json_out, text + "\n")
     return 0 if report["outputs_finite"] else 1
 
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from cosmos_hal import dist, rng
+from cosmos_hal.fileio import write_text_atomic
 
 LATEST = "latest_checkpoint.txt"
 _ITER_DIR = re.compile(r"^iter_(\d{9})$")
@@ -146,13 +147,6 @@ def latest(root: str) -> str | None:
     return os.path.join(root, dirs[-1]) if dirs else None
 
 
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text + "\n")
-    os.replace(tmp, path)
-
-
 def save(root: str, iteration: int, *, model, optimizer, scheduler, ema, loader, experiment: dict,
          trainable_only: bool, keep_last: int, extra_writer=None) -> str:
     """Write checkpoint ``iteration`` (collective: every rank calls it). Returns the folder.
@@ -185,7 +179,7 @@ def save(root: str, iteration: int, *, model, optimizer, scheduler, ema, loader,
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_text_atomic(os.path.join(root, LATEST), name)
+        write_text_atomic(os.path.join(root, LATEST), name + "\n")
         for old in iteration_dirs(root)[:-keep_last] if keep_last > 0 else []:
             shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     dist.barrier()
