@@ -92,8 +92,8 @@ def test_tiny_smoke_run_writes_a_complete_report(tmp_path):
         assert s["status"] == "ok", s
         assert s["median_s"] > 0 and s["tflops"] > 0 and s["loss"] == s["loss"]
         if s["path"] != "reference":
-            assert s["fast"]["ac_counts"] == {"none": 1, "selective": 1, "full": 1}
-            assert s["fast"]["processors"] == 6
+            assert s["fast"]["ac_counts"] == {"none": 1, "selective": 1, "full": 1, "selective_mm": 1}
+            assert s["fast"]["processors"] == 8
     assert report["numerics"]["passed"] is True
     assert report["ceiling_tflops"] > 0
     assert {(r["mode"], r["path"]) for r in report["ratios"]} == {("full", "hal"), ("lora", "hal")}
@@ -170,6 +170,30 @@ def test_auto_plan_path_runs_the_probe(tmp_path):
     assert rc == 0
     s = json.loads(out.read_text())["settings"][0]
     assert s["status"] == "ok" and s["ac_reason"].startswith("auto")
-    assert set(s["block_memory_gb"]["saved"]) == {"none", "selective", "full"}
+    assert set(s["block_memory_gb"]["saved"]) == {"none", "selective", "full", "selective_mm"}
     # the CPU has no allocator counters: the plan falls back to all selective
-    assert s["fast"]["ac_counts"] == {"none": 0, "selective": 3, "full": 0}
+    assert s["fast"]["ac_counts"] == {"none": 0, "selective": 4, "full": 0, "selective_mm": 0}
+
+
+def test_profile_reports_device_time_by_family(tmp_path):
+    out = tmp_path / "p.json"
+    rc = bench.main(["--tiny", "--modes", "full", "--paths", "hal", "--compile", "off", "--repeats", "1",
+                     "--profile", "--out", str(out), "--quiet"])
+    assert rc == 0
+    prof = json.loads(out.read_text())["settings"][0]["profile"]
+    fams = prof["by_family_ms"]
+    assert fams["attention"] > 0 and fams["matmul"] > 0  # on the CPU the operators are the "kernels"
+    assert prof["device_ms_total"] == pytest.approx(sum(fams.values()))
+    assert prof["top_kernels"] and "Name" in prof["table"]
+
+
+def test_profile_families():
+    from cosmos_hal.bench.profile import family
+
+    assert family("cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16") == "attention"
+    assert family("nvjet_tst_256x128_64x4_2x1_v_bz_coopA_NNT") == "matmul"
+    assert family("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n") == "matmul"
+    assert family("triton_poi_fused__to_copy_add_mul_native_layer_norm_0") == "fused element-wise"
+    assert family("void at::native::(anonymous namespace)::fused_adamw_kernel") == "optimizer"
+    assert family("aten::mm") == "matmul"
+    assert family("void at::native::vectorized_elementwise_kernel<4, GeluFunctor>") == "other element-wise"

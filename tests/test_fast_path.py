@@ -15,7 +15,7 @@ from cosmos_hal.train import ac
 from cosmos_hal.train.compile import make_fast, reset_compiler
 from cosmos_hal.train.fast_attention import FastCosmosAttnProcessor
 
-PRESET = get_preset("tiny").replace(num_layers=3, name="tiny-3")
+PRESET = get_preset("tiny").replace(num_layers=4, name="tiny-4")
 SHAPE = Shape(9, 32, 64, text_tokens=16)  # 3 latent frames of 4x8: 24 tokens
 
 
@@ -81,11 +81,11 @@ def test_qk_norm_rope_rejects_non_4d():
 @pytest.mark.parametrize("lora_rank", [0, 4])
 def test_fast_path_matches_reference_fp32(lora_rank):
     ref, fast = pair(lora_rank)
-    info = make_fast(fast, ac_modes=["selective", "full", "none"], compile=False, device="cpu",
-                     compute_dtype=torch.float32)
+    modes = ["selective", "full", "none", "selective_mm"]
+    info = make_fast(fast, ac_modes=modes, compile=False, device="cpu", compute_dtype=torch.float32)
     assert info["processors"] == 2 * PRESET.num_layers
     assert all(isinstance(m.processor, FastCosmosAttnProcessor) for m in fast.modules() if hasattr(m, "set_processor"))
-    assert ac.block_modes(fast) == ["selective", "full", "none"]
+    assert ac.block_modes(fast) == modes
     inp = make_inputs(PRESET, SHAPE, "cpu", seed=5)
     r_loss, r_grad = loss_and_grads(ref, inp, amp=False)
     f_loss, f_grad = loss_and_grads(fast, inp, amp=False)
@@ -122,7 +122,8 @@ class CountSDPA(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("mode,self_calls,cross_calls", [("full", 2, 2), ("selective", 1, 2), ("none", 1, 1)])
+@pytest.mark.parametrize("mode,self_calls,cross_calls",
+                         [("full", 2, 2), ("selective", 1, 2), ("selective_mm", 1, 2), ("none", 1, 1)])
 def test_attention_recomputed_only_where_the_mode_says(mode, self_calls, cross_calls):
     model = build_model(PRESET, torch.device("cpu"), lora_rank=0, seed=1)
     make_fast(model, ac_modes=mode, compile=False, device="cpu", compute_dtype=torch.float32)
@@ -136,19 +137,53 @@ def test_attention_recomputed_only_where_the_mode_says(mode, self_calls, cross_c
     assert sum(1 for q, k in counter.calls if k == SHAPE.text_tokens) == cross_calls * n
 
 
+class CountMatmuls(TorchDispatchMode):
+    """Counts aten.mm/addmm calls by their inner dimension."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in ac.MM_OPS:
+            self.inner.append(ac._mm_inner_dim(func, args))
+        return func(*args, **(kwargs or {}))
+
+
+def _matmul_calls(mode, min_k):
+    model = build_model(PRESET, torch.device("cpu"), lora_rank=0, seed=1)
+    make_fast(model, ac_modes=mode, compile=False, device="cpu", compute_dtype=torch.float32)
+    inp = make_inputs(PRESET, SHAPE, "cpu", seed=2)
+    counter = CountMatmuls()
+    with counter:
+        forward_loss(model, inp, amp_dtype=None, device_type="cpu").backward()
+    return sum(1 for k in counter.inner if k >= min_k), sum(1 for k in counter.inner if k < min_k)
+
+
+@pytest.mark.parametrize("min_k", [1, PRESET.hidden_size])
+def test_selective_mm_recomputes_only_narrow_matmuls(monkeypatch, min_k):
+    """Wide matmuls run as often as without checkpointing; narrow ones as under "selective"."""
+    monkeypatch.setattr(ac, "SAVE_MIN_MM_K", min_k)
+    wide = {m: _matmul_calls(m, min_k) for m in ("none", "selective_mm", "selective")}
+    assert wide["selective_mm"][0] == wide["none"][0] < wide["selective"][0]
+    assert wide["selective_mm"][1] == wide["selective"][1]
+    if min_k > 1:
+        assert wide["selective"][1] > wide["none"][1]  # the tiny model has narrow matmuls too
+
+
 def test_block_ac_keeps_state_dict_and_validates():
     model = build_model(PRESET, torch.device("cpu"), lora_rank=0, seed=1)
     keys = list(model.state_dict())
     with pytest.raises(ValueError, match="unknown mode"):
         ac.apply_block_ac(model, "sometimes")
-    with pytest.raises(ValueError, match="3 blocks"):
+    with pytest.raises(ValueError, match=f"{PRESET.num_layers} blocks"):
         ac.apply_block_ac(model, ["full"])
     model.enable_gradient_checkpointing()
     ac.apply_block_ac(model, "selective")
     assert not model.gradient_checkpointing  # diffusers' own AC off: no double checkpoint
     assert list(model.state_dict()) == keys
     ac.remove_block_ac(model)
-    assert ac.block_modes(model) == ["none"] * 3 and "forward" not in model.transformer_blocks[0].__dict__
+    assert ac.block_modes(model) == ["none"] * PRESET.num_layers and "forward" not in model.transformer_blocks[0].__dict__
 
 
 # -- sizing to memory ---------------------------------------------------------------------------
@@ -168,9 +203,30 @@ def test_plan_modes_prefers_the_fastest_plan_that_fits():
     plan = ac.plan_modes(n, mem, budget)
     assert plan.count("selective") == 10 and plan.count("full") == n - 10
     assert ac.plan_modes(n, mem, 0) == ["full"] * n
+    assert "selective_mm" not in ac.plan_modes(n, mem, 10**15)  # not probed: never planned
     budget = ac.activation_budget(total_bytes=80 * gib, persistent_bytes=32 * gib, backward_peak_bytes=gib,
                                   headroom=0.1)
     assert budget == pytest.approx(80 * gib * 0.9 - 33 * gib)
+
+
+def test_plan_modes_climbs_the_ladder_in_order():
+    gib = 2**30
+    saved = {"none": 6 * gib, "selective_mm": 3 * gib // 2, "selective": gib // 8, "full": 0}
+    mem = ac.BlockMemory(saved=saved, backward_peak=gib, output=gib // 4)
+    per = {m: mem.per_block(m) for m in ac.MODES}
+    n = 28
+    base = n * per["selective"]
+    budget = base + 9 * (per["selective_mm"] - per["selective"]) + 1
+    plan = ac.plan_modes(n, mem, budget)
+    assert plan == ["selective"] * (n - 9) + ["selective_mm"] * 9  # costlier modes last
+    budget = n * per["selective_mm"] + 2 * (per["none"] - per["selective_mm"])
+    plan = ac.plan_modes(n, mem, budget)
+    assert plan.count("none") == 2 and plan.count("selective_mm") == n - 2 and plan[-2:] == ["none"] * 2
+    assert "none" not in ac.plan_modes(n, mem, budget, allow_none=False)
+    for budget in (0, base // 2, base, budget, 10**15):
+        plan = ac.plan_modes(n, mem, budget)
+        assert len(plan) == n
+        assert sum(per[m] for m in plan) <= max(budget, n * per["full"])
 
 
 def test_probe_captures_block_inputs_and_restores_the_block():
@@ -188,12 +244,13 @@ def test_probe_captures_block_inputs_and_restores_the_block():
 
 
 @pytest.mark.slow
-def test_compiled_fast_path_matches_eager():
+@pytest.mark.parametrize("mode", ["selective", "selective_mm"])
+def test_compiled_fast_path_matches_eager(mode):
     """torch.compile (aot_eager: dynamo + AOT autograd + the checkpoint policy, no codegen)."""
     ref, fast = pair(seed=7)
     ref.disable_gradient_checkpointing()
-    make_fast(ref, ac_modes="selective", compile=False, device="cpu", compute_dtype=torch.float32)
-    info = make_fast(fast, ac_modes="selective", compile=True, compile_backend="aot_eager", device="cpu",
+    make_fast(ref, ac_modes=mode, compile=False, device="cpu", compute_dtype=torch.float32)
+    info = make_fast(fast, ac_modes=mode, compile=True, compile_backend="aot_eager", device="cpu",
                      compute_dtype=torch.float32)
     assert info["compiled_blocks"] == PRESET.num_layers
     inp = make_inputs(PRESET, SHAPE, "cpu", seed=8)

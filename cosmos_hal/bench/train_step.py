@@ -34,6 +34,7 @@ import torch
 from cosmos_hal import rng
 from cosmos_hal.fileio import write_text_atomic
 from cosmos_hal.bench.flops import Shape, forward_flops, parse_shape, train_flops
+from cosmos_hal.train import ac
 
 LR, BETAS, EPS, WD = 2**-14.5 * 0.6, (0.9, 0.99), 1e-8, 0.1  # upstream Predict2-2B recipe
 PATHS = ("reference", "hal", "hal-eager")
@@ -176,8 +177,6 @@ def train_step(model, optimizer, params, inp: StepInputs, *, amp_dtype, device_t
 
 
 def _check_ac_spec(spec: str, n: int) -> None:
-    from cosmos_hal.train import ac
-
     ok = spec in ac.MODES or spec in ("auto", "mixed")
     if spec.startswith("selective:"):
         try:
@@ -188,7 +187,7 @@ def _check_ac_spec(spec: str, n: int) -> None:
         modes = [m.strip() for m in spec.split(",")]
         ok = len(modes) == n and all(m in ac.MODES for m in modes)
     if not ok:
-        raise SystemExit(f"--ac {spec!r}: use auto, none, selective, full, mixed, selective:FRACTION (0..1) "
+        raise SystemExit(f"--ac {spec!r}: use auto, one of {', '.join(ac.MODES)}, mixed, selective:FRACTION (0..1) "
                          f"or a comma list of {n} modes from {', '.join(ac.MODES)}")
 
 
@@ -197,8 +196,6 @@ def resolve_ac(args, model, preset, inp: StepInputs, device, amp_dtype, *, mode:
 
     The one-block memory probe runs for ``--ac auto`` and, for the per-block table and the
     14B estimate, for every full fine-tune setting whatever ``--ac`` says."""
-    from cosmos_hal.train import ac
-
     n = preset.num_layers
     spec = args.ac
     memory, plan, budget = None, None, 0.0
@@ -211,7 +208,7 @@ def resolve_ac(args, model, preset, inp: StepInputs, device, amp_dtype, *, mode:
     if spec in ac.MODES:
         return [spec] * n, memory, f"--ac {spec}"
     if spec == "mixed":  # every mode once per three blocks: the smoke test's coverage
-        return [ac.MODES[(i + 1) % 3] for i in range(n)], memory, "--ac mixed"
+        return [ac.MODES[(i + 1) % len(ac.MODES)] for i in range(n)], memory, "--ac mixed"
     if "," in spec:
         modes = [m.strip() for m in spec.split(",")]
         if len(modes) != n or any(m not in ac.MODES for m in modes):
@@ -222,7 +219,7 @@ def resolve_ac(args, model, preset, inp: StepInputs, device, amp_dtype, *, mode:
         k = max(0, min(n, round(frac * n)))
         return ["full"] * (n - k) + ["selective"] * k, memory, f"--ac {spec}"
     if spec != "auto":
-        raise ValueError(f"--ac {spec!r}: use auto, none, selective, full, mixed, selective:FRACTION "
+        raise ValueError(f"--ac {spec!r}: use auto, one of {', '.join(ac.MODES)}, mixed, selective:FRACTION "
                          f"or a comma list of {n} modes")
     if not total:
         return plan, memory, "auto: no device memory information, all selective"
@@ -262,6 +259,7 @@ class Result:
     ac_reason: str = ""
     block_memory_gb: dict = field(default_factory=dict)
     fallbacks: list = field(default_factory=list)
+    profile: dict = field(default_factory=dict)
 
 
 def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling_tflops: float,
@@ -309,6 +307,11 @@ def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling
             loss = train_step(model, optimizer, params, inp, **kw)
             backend.synchronize()
             times.append(time.perf_counter() - t0)
+        if args.profile:
+            from cosmos_hal.bench.profile import profile_call
+
+            res.profile = profile_call(lambda: train_step(model, optimizer, params, inp, **kw),
+                                       synchronize=backend.synchronize)
         res.loss = float(loss)  # the only device->host read, after timing
         res.step_times_s = times
         res.median_s = statistics.median(times)
@@ -456,7 +459,8 @@ def check_numerics(args, preset, device, *, shape: Shape, compile_fast: bool = F
     """Loss and gradients of the fast path vs the reference on identical weights and inputs.
 
     Truth is the reference path in float32 without autocast; the reference in bf16 autocast
-    shows what bf16 alone costs. The fast path (fused processor, selective AC) passes when in
+    shows what bf16 alone costs. The fast path (fused processor, every AC mode in turn over the
+    blocks, so each mode's policy is exercised under compile too) passes when in
     float32 it matches the truth (loss 1e-4, grads 1e-3: kernels differ) and in bf16 its error
     is within 1e-2 or within twice the reference's own bf16 error, and all is finite."""
     from cosmos_hal.train.compile import make_fast, reset_compiler
@@ -484,8 +488,9 @@ def check_numerics(args, preset, device, *, shape: Shape, compile_fast: bool = F
         del ref
         ref = None
         free_memory()
-        make_fast(fast, ac_modes="selective", compile=compile_fast, compile_backend=args.compile_backend,
-                  device=device)
+        n = preset.num_layers
+        make_fast(fast, ac_modes=[ac.LADDER[i % len(ac.LADDER)] for i in range(n)], compile=compile_fast,
+                  compile_backend=args.compile_backend, device=device)
         f_loss32 = run(fast, amp=False)
         out["fp32_loss_rel_err"] = _rel(f_loss32, t_loss)
         out["fp32_grad_rel_err"] = _grad_errors(fast, truth)
@@ -658,8 +663,9 @@ def build_parser(prog: str = "tools/bench_train_step.py") -> argparse.ArgumentPa
     p.add_argument("--repeats", type=int, default=3, help="timed steps per setting; the median is reported")
     p.add_argument("--ac", default=None,
                    help="cosmos_hal path checkpointing: auto (default; sized to memory from a one-block probe), "
-                        "selective, full, none, selective:FRACTION (that fraction selective, rest full), "
-                        "mixed, or a comma list with one mode per block")
+                        "none, selective_mm (keep attention and matmul outputs), selective (keep attention "
+                        "outputs), full, selective:FRACTION (that fraction selective, rest full), "
+                        "mixed (every mode in turn), or a comma list with one mode per block")
     p.add_argument("--memory-budget-gb", type=float, default=0.0,
                    help="device memory the auto plan may assume (default: the device's total)")
     p.add_argument("--memory-headroom", type=float, default=0.10,
@@ -678,12 +684,15 @@ def build_parser(prog: str = "tools/bench_train_step.py") -> argparse.ArgumentPa
     p.add_argument("--fp32", action="store_true", help="no autocast (CPU debugging)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tiny", action="store_true",
-                   help="CPU-sized smoke run: tiny preset with 3 blocks, tiny shapes, every path and mode, "
+                   help="CPU-sized smoke run: tiny preset with one block per AC mode, tiny shapes, every path and mode, "
                         "mixed AC, compile with aot_eager, numerics check; seconds on a CPU")
     p.add_argument("--time-budget-s", type=float, default=0.0,
                    help="skip a setting that is not expected to end within this many seconds from the "
                         "start (estimated from the settings measured so far; skipped ones are recorded); "
                         "the JSON/markdown are rewritten after every setting anyway")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, profile one more step of each setting and report device time by kernel "
+                        "family (attention, matmul, fused element-wise, optimizer, ...) and the top kernels")
     p.add_argument("--out", default="", help="write the JSON report here (atomically, after every setting)")
     p.add_argument("--md", default="", help="write the markdown table here")
     p.add_argument("--quiet", action="store_true")
@@ -714,7 +723,7 @@ def run(args) -> dict:
     args.paths = args.paths or "reference,hal"
     preset = get_preset(args.preset)
     if args.tiny:
-        preset = preset.replace(num_layers=3, name="tiny-3")
+        preset = preset.replace(num_layers=len(ac.MODES), name=f"tiny-{len(ac.MODES)}")
     shapes = [parse_shape(s.strip(), args.frames, args.text_tokens) for s in args.shapes.split(",") if s.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     paths = [q.strip() for q in args.paths.split(",") if q.strip()]
@@ -770,6 +779,11 @@ def run(args) -> dict:
                      f"MFU {_pct(res.mfu)}, peak {_f(res.peak_gb, 1)} GB, first step {_f(res.first_step_s, 1)} s"
                      + (f", plan {res.fast.get('ac_counts')}" if res.fast else "")
                      + (f" [{res.error}]" if res.error else "") + f" (elapsed {time.perf_counter() - _T0:.0f} s)")
+                if res.profile:
+                    from cosmos_hal.bench.profile import summary_lines
+
+                    for line in summary_lines(res.profile):
+                        _log("   " + line)
                 report["ratios"] = ratios([Result(**r) for r in report["settings"]])
                 report["goals"] = goals(report["settings"], report["ratios"])
                 save_report(args, report)

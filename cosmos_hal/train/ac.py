@@ -2,15 +2,19 @@
 
 Why not diffusers' ``enable_gradient_checkpointing()``: it recomputes every block in full,
 attention included, and attention is two thirds of the forward FLOPs at 93x432x768 (84 % at
-704x1280). Here each transformer block gets one of three modes:
+704x1280). Here each transformer block gets one of four modes, fastest first:
 
-* ``"none"``      no checkpointing: every activation is kept (fastest, most memory);
-* ``"selective"`` torch.utils.checkpoint with a selective policy that SAVES the outputs of the
-                  self-attention kernel (the SDPA aten ops: cuDNN, flash, memory-efficient,
-                  CPU flash; output + logsumexp) and recomputes everything else (projections,
-                  norms, MLP: the cheap part). Backward then runs the attention backward
-                  directly from the saved output instead of re-running the attention forward;
-* ``"full"``      recompute the whole block (diffusers' behaviour; least memory).
+* ``"none"``         no checkpointing: every activation is kept (fastest, most memory);
+* ``"selective_mm"`` torch.utils.checkpoint that SAVES the self-attention outputs and the
+                     outputs of the matmuls with a wide inner dimension (q/k/v/out projections,
+                     MLP, cross-attention q/out), and recomputes only element-wise work (norms,
+                     AdaLN modulation, RoPE, GELU, gates), which compile fuses into a few
+                     memory-bound kernels. About 1.5 GB per Predict2-2B block at 31104 tokens;
+* ``"selective"``    SAVES only the outputs of the self-attention kernel (the SDPA aten ops:
+                     cuDNN, flash, memory-efficient, CPU flash; output + logsumexp) and
+                     recomputes everything else. Backward then runs the attention backward
+                     directly from the saved output instead of re-running the attention forward;
+* ``"full"``         recompute the whole block (diffusers' behaviour; least memory).
 
 ``plan_modes`` picks the modes from a memory budget and per-block memory measured by
 ``probe_block_memory`` (one real block forward/backward at the training shape), so the fastest
@@ -30,7 +34,12 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
-MODES = ("none", "selective", "full")
+MODES = ("none", "selective", "full", "selective_mm")
+
+# Least memory first: the order in which plan_modes upgrades blocks. Each rung buys less time
+# per byte than the one before (attention recompute ~13 ms for 0.1 GB; matmul recompute ~6 ms for
+# ~1.5 GB; element-wise recompute a few ms for several GB at 93x432x768 on an H100).
+LADDER = ("full", "selective", "selective_mm", "none")
 
 # Keys shorter than this are cross-attention (512 text tokens): cheap to recompute, so their
 # outputs are not worth the memory of saving them.
@@ -55,6 +64,19 @@ def _seq_lengths(args) -> tuple[int, int]:
     return 0, 0
 
 
+# Matmuls with a narrower inner dimension than this are recomputed even in "selective_mm": the
+# AdaLN's second linear (K = 256, output 3 x hidden per token: big to keep, cheap to redo) and
+# LoRA's up projection (K = rank).
+SAVE_MIN_MM_K = 1024
+
+MM_OPS = tuple(getattr(torch.ops.aten, n).default for n in ("mm", "addmm"))
+
+
+def _mm_inner_dim(op, args) -> int:
+    a = args[1] if op is torch.ops.aten.addmm.default else args[0]
+    return int(a.shape[-1]) if isinstance(a, torch.Tensor) and a.dim() == 2 else 0
+
+
 def save_attention_policy(ctx, op, *args, **kwargs):
     """Selective-checkpoint policy: keep self-attention (and any long-context) SDPA outputs,
     recompute everything else."""
@@ -65,9 +87,20 @@ def save_attention_policy(ctx, op, *args, **kwargs):
     return CheckpointPolicy.PREFER_RECOMPUTE
 
 
+def save_attention_and_matmuls_policy(ctx, op, *args, **kwargs):
+    """Policy of "selective_mm": the attention policy, plus keep the outputs of wide matmuls."""
+    if op in MM_OPS and _mm_inner_dim(op, args) >= SAVE_MIN_MM_K:
+        return CheckpointPolicy.MUST_SAVE
+    return save_attention_policy(ctx, op, *args, **kwargs)
+
+
 def selective_context():
     """context_fn for torch.utils.checkpoint (a module-level function, so dynamo can trace it)."""
     return create_selective_checkpoint_contexts(save_attention_policy)
+
+
+def selective_mm_context():
+    return create_selective_checkpoint_contexts(save_attention_and_matmuls_policy)
 
 
 def transformer_blocks(model) -> list:
@@ -85,6 +118,8 @@ def _checkpointed_forward(block, *args, **kwargs):
         return inner(*args, **kwargs)
     if mode == "selective":
         return checkpoint(inner, *args, use_reentrant=False, context_fn=selective_context, **kwargs)
+    if mode == "selective_mm":
+        return checkpoint(inner, *args, use_reentrant=False, context_fn=selective_mm_context, **kwargs)
     return checkpoint(inner, *args, use_reentrant=False, **kwargs)
 
 
@@ -239,25 +274,28 @@ def probe_block_memory(model, block_args, block_kwargs, *, autocast_dtype=torch.
 def plan_modes(n_blocks: int, memory: BlockMemory, budget_bytes: float, *, allow_none: bool = True) -> list[str]:
     """The fastest per-block modes whose saved activations fit ``budget_bytes``.
 
-    Order of preference: every block selective, then as many blocks as fit without
-    checkpointing ("none", placed last); if even all-selective does not fit, as many selective
-    blocks as fit and the rest full. ``budget_bytes`` must already exclude weights, gradients,
-    optimizer states and the backward transient (see ``activation_budget``)."""
-    full, sel, none = (memory.per_block(m) for m in ("full", "selective", "none"))
-    if n_blocks * sel <= budget_bytes:
-        modes = ["selective"] * n_blocks
-        extra = none - sel
-        if allow_none and extra > 0:
-            n_none = int(min(n_blocks, (budget_bytes - n_blocks * sel) // extra))
-            for i in range(n_blocks - n_none, n_blocks):
-                modes[i] = "none"
-        elif allow_none and extra <= 0:
-            modes = ["none"] * n_blocks
-        return modes
-    extra = sel - full
-    n_sel = int(max(0, (budget_bytes - n_blocks * full) // extra)) if extra > 0 else n_blocks
-    n_sel = min(n_blocks, n_sel)
-    return ["full"] * (n_blocks - n_sel) + ["selective"] * n_sel
+    Climbs ``LADDER`` (full -> selective -> selective_mm -> none): every block starts "full";
+    each rung upgrades as many of the blocks on the rung below as the budget allows, so
+    all-selective comes before any selective_mm, which comes before any "none". Costlier modes
+    are placed last. Modes the probe did not measure are skipped. ``budget_bytes`` must already
+    exclude weights, gradients, optimizer states and the backward transient (see
+    ``activation_budget``)."""
+    ladder = [m for m in LADDER if m == "full" or m in memory.saved]
+    if not allow_none and "none" in ladder:
+        ladder.remove("none")
+    counts = dict.fromkeys(ladder, 0)
+    counts["full"] = n_blocks
+    used = n_blocks * memory.per_block("full")
+    for low, high in zip(ladder, ladder[1:]):
+        extra = memory.per_block(high) - memory.per_block(low)
+        room = counts[low] if extra <= 0 else int(max(0.0, budget_bytes - used) // extra)
+        k = min(counts[low], room)
+        counts[low] -= k
+        counts[high] += k
+        used += k * extra
+        if counts[high] == 0:
+            break
+    return [m for m in ladder for _ in range(counts[m])]
 
 
 def activation_budget(*, total_bytes: float, persistent_bytes: float, backward_peak_bytes: float,
