@@ -287,3 +287,33 @@ def test_fast_path_fp32_matches_a_float64_reference():
     assert r_loss.dtype == torch.float64 and torch.isfinite(f_grad).all()
     assert rel(f_loss, r_loss) < 1e-5
     assert rel(f_grad, r_grad) < 1e-5
+
+
+def test_refine_modes_spends_the_memory_the_first_step_left():
+    gib = 2**30
+    mem = ac.BlockMemory(saved={"none": 20 * gib, "selective_mm": 4 * gib, "selective": gib // 3, "full": 0},
+                         backward_peak=21 * gib, output=gib // 3)
+    probed = ["full"] * 9 + ["selective"] * 19
+    # 80 GiB device, 10 % headroom, step peaked at 53 GiB: 19 GiB free, 80 % of it spent
+    got = ac.refine_modes(probed, mem, total_bytes=80 * gib, peak_bytes=53 * gib, headroom=0.1)
+    assert got.count("full") == 0  # first every block gets its attention output kept...
+    assert got.count("selective_mm") == int((0.8 * 19 * gib - 9 * gib // 3) // (4 * gib - gib // 3))  # ...then matmuls
+    per = {m: mem.per_block(m) for m in ac.MODES}
+    assert sum(per[m] for m in got) - sum(per[m] for m in probed) <= 0.8 * 19 * gib
+    assert ac.refine_modes(probed, mem, total_bytes=80 * gib, peak_bytes=75 * gib) == probed  # nothing free
+    assert ac.refine_modes(probed, mem, total_bytes=0, peak_bytes=0) == probed  # no counters (CPU)
+    zeros = ac.BlockMemory(saved=dict.fromkeys(ac.MODES, 0), backward_peak=0)  # a probe without counters
+    assert ac.refine_modes(probed, zeros, total_bytes=80 * gib, peak_bytes=gib) == probed
+
+
+def test_set_block_modes_changes_only_the_mode():
+    model = build_model(PRESET, torch.device("cpu"), lora_rank=0, seed=1)
+    with pytest.raises(RuntimeError, match="apply_block_ac first"):
+        ac.set_block_modes(model, ["full"] * PRESET.num_layers)
+    ac.apply_block_ac(model, "full")
+    forwards = [b.__dict__["forward"] for b in model.transformer_blocks]
+    ac.set_block_modes(model, ["selective_mm"] * PRESET.num_layers)
+    assert ac.block_modes(model) == ["selective_mm"] * PRESET.num_layers
+    assert [b.__dict__["forward"] for b in model.transformer_blocks] == forwards  # compiled graphs stay valid
+    with pytest.raises(ValueError, match="give 4 modes"):
+        ac.set_block_modes(model, ["sometimes"] * PRESET.num_layers)

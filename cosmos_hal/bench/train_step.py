@@ -268,6 +268,7 @@ def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling
     from cosmos_hal.train.compile import fast_optimizer, make_fast
 
     amp_dtype = None if args.fp32 else torch.bfloat16
+    refine, memory = False, None
     res = Result(shape=setting.shape.label, tokens=setting.shape.tokens(preset.patch_size), mode=setting.mode,
                  path=setting.path)
     model = build_model(preset, device, lora_rank=args.lora_rank if setting.mode == "lora" else 0, seed=args.seed)
@@ -290,16 +291,22 @@ def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling
         use_compile = (setting.path == "hal" and args.compile == "on") if compile_override is None else compile_override
         res.fast = make_fast(model, ac_modes=modes, compile=use_compile, compile_backend=args.compile_backend,
                              device=device, compute_dtype=amp_dtype or torch.float32)
+        refine = args.refine and args.ac == "auto" and ac_override is None and memory is not None
         optimizer = fast_optimizer(params, lr=LR, betas=BETAS, eps=EPS, weight_decay=WD)
     backend = _backend()
     kw = dict(amp_dtype=amp_dtype, device_type=device.type)
     try:
+        backend.reset_peak_memory()
         for i in range(max(1, args.warmup)):
             t0 = time.perf_counter()
             loss = train_step(model, optimizer, params, inp, **kw)
             backend.synchronize()
             if i == 0:
                 res.first_step_s = time.perf_counter() - t0
+                if refine:
+                    again = _refine_plan(args, res, model, memory,
+                                         lambda: train_step(model, optimizer, params, inp, **kw))
+                    loss = loss if again is None else again
         backend.reset_peak_memory()
         times = []
         for _ in range(args.repeats):
@@ -331,6 +338,27 @@ def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling
             reset_compiler()
         free_memory()
     return res
+
+
+def _refine_plan(args, res: Result, model, memory, step):
+    """After the first step: upgrade the AC plan into the memory that step left free
+    (ac.refine_modes), and run one more untimed step so a newly used mode compiles outside the
+    timing. Returns that step's loss, or None when the plan stayed."""
+    total = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else device_total_bytes()
+    old = ac.block_modes(model)
+    peak = ac.device_peak_bytes()  # allocator counters only (0 on the CPU: no refinement)
+    new = ac.refine_modes(old, memory, total_bytes=total, peak_bytes=peak, headroom=args.memory_headroom)
+    if new == old:
+        return None
+    ac.set_block_modes(model, new)
+    res.ac_reason += (f"; refined after step 1 (peak {peak / 2**30:.1f} GiB): "
+                      + ", ".join(f"{m} {old.count(m)}->{new.count(m)}" for m in ac.MODES if old.count(m) != new.count(m)))
+    res.fast["ac_modes"] = new
+    res.fast["ac_counts"] = {m: new.count(m) for m in ac.MODES}
+    _log(f"   {res.ac_reason}")
+    loss = step()
+    _backend().synchronize()
+    return loss
 
 
 def run_setting_safely(args, preset, setting, inp, device, ceiling, expected_s: float = 0.0) -> Result:
@@ -670,6 +698,9 @@ def build_parser(prog: str = "tools/bench_train_step.py") -> argparse.ArgumentPa
                    help="device memory the auto plan may assume (default: the device's total)")
     p.add_argument("--memory-headroom", type=float, default=0.10,
                    help="fraction of device memory the auto plan leaves free (default 0.10)")
+    p.add_argument("--no-refine", dest="refine", action="store_false",
+                   help="keep the auto plan as probed; by default it is upgraded after the first step into the "
+                        "memory that step left free (compiled blocks keep less than the eager probe measures)")
     p.add_argument("--compile", choices=("on", "off"), default="on", help="torch.compile each block on the hal path")
     p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (inductor; aot_eager for tests)")
     p.add_argument("--no-retry", dest="retry", action="store_false",

@@ -224,7 +224,8 @@ def _reset_peak() -> None:
     current_backend().reset_peak_memory()
 
 
-def _peak() -> int:
+def device_peak_bytes() -> int:
+    """Peak bytes the device allocator held since the last reset (0 without counters: CPU)."""
     return int(_stats().get("peak_allocated_gb", 0.0) * 2**30)
 
 
@@ -256,7 +257,7 @@ def probe_block_memory(model, block_args, block_kwargs, *, autocast_dtype=torch.
             _reset_peak()
             base = _allocated()
             out.float().square().mean().backward()
-            bwd_peak = max(bwd_peak, _peak() - base)
+            bwd_peak = max(bwd_peak, device_peak_bytes() - base)
             del out
             hidden.grad = None
             for p in block.parameters():
@@ -274,28 +275,70 @@ def probe_block_memory(model, block_args, block_kwargs, *, autocast_dtype=torch.
 def plan_modes(n_blocks: int, memory: BlockMemory, budget_bytes: float, *, allow_none: bool = True) -> list[str]:
     """The fastest per-block modes whose saved activations fit ``budget_bytes``.
 
-    Climbs ``LADDER`` (full -> selective -> selective_mm -> none): every block starts "full";
-    each rung upgrades as many of the blocks on the rung below as the budget allows, so
-    all-selective comes before any selective_mm, which comes before any "none". Costlier modes
-    are placed last. Modes the probe did not measure are skipped. ``budget_bytes`` must already
-    exclude weights, gradients, optimizer states and the backward transient (see
+    Every block starts "full" and climbs ``LADDER`` (see ``upgrade_modes``). ``budget_bytes``
+    must already exclude weights, gradients, optimizer states and the backward transient (see
     ``activation_budget``)."""
-    ladder = [m for m in LADDER if m == "full" or m in memory.saved]
-    if not allow_none and "none" in ladder:
+    start = ["full"] * n_blocks
+    return upgrade_modes(start, memory, budget_bytes - n_blocks * memory.per_block("full"), allow_none=allow_none)
+
+
+def upgrade_modes(modes, memory: BlockMemory, extra_bytes: float, *, allow_none: bool = True) -> list[str]:
+    """``modes`` made faster with at most ``extra_bytes`` more saved activations.
+
+    Climbs ``LADDER`` (full -> selective -> selective_mm -> none) one rung at a time: each rung
+    upgrades as many blocks of the rung below as the bytes allow, so every block is selective
+    before any is selective_mm, and every block is selective_mm before any is "none" (each rung
+    buys less time per byte than the one before). Costlier modes are placed last. Modes the
+    probe did not measure are skipped; a block is never downgraded."""
+    modes = list(modes)
+    bad = sorted({m for m in modes if m not in MODES})
+    if bad:
+        raise ValueError(f"upgrade_modes: unknown mode(s) {bad}; use {', '.join(MODES)}")
+    ladder = [m for m in LADDER if m == "full" or m in memory.saved or m in modes]
+    if not allow_none and "none" in ladder and "none" not in modes:
         ladder.remove("none")
-    counts = dict.fromkeys(ladder, 0)
-    counts["full"] = n_blocks
-    used = n_blocks * memory.per_block("full")
+    counts = {m: modes.count(m) for m in ladder}
+    left = float(extra_bytes)
     for low, high in zip(ladder, ladder[1:]):
         extra = memory.per_block(high) - memory.per_block(low)
-        room = counts[low] if extra <= 0 else int(max(0.0, budget_bytes - used) // extra)
+        room = counts[low] if extra <= 0 else int(max(0.0, left) // extra)
         k = min(counts[low], room)
         counts[low] -= k
         counts[high] += k
-        used += k * extra
-        if counts[high] == 0:
-            break
+        left -= k * extra
     return [m for m in ladder for _ in range(counts[m])]
+
+
+# Fraction of the measured free memory that refine_modes spends: compiled blocks save somewhat
+# different tensors than the eager probe measured.
+REFINE_SAFETY = 0.8
+
+
+def refine_modes(modes, memory: BlockMemory, *, total_bytes: float, peak_bytes: float, headroom: float = 0.10,
+                 safety: float = REFINE_SAFETY) -> list[str]:
+    """The plan after one real step: ``plan_modes`` sizes from an eager one-block probe, which
+    overstates what compiled blocks keep (at 93x704x1280 on an H100 the plan left 27 GB
+    unused). Given the step's measured ``peak_bytes``, spend ``safety`` of the memory still free
+    under ``headroom`` on upgrades. Returns ``modes`` unchanged when nothing is known or free."""
+    if not total_bytes or not peak_bytes or not any(memory.saved.values()):
+        return list(modes)
+    free = (total_bytes * (1.0 - headroom) - peak_bytes) * safety
+    return upgrade_modes(modes, memory, free) if free > 0 else list(modes)
+
+
+def set_block_modes(model, modes) -> list[str]:
+    """Change the AC modes of a model that ``apply_block_ac`` already set up, touching only the
+    mode each block reads per call, so compiled blocks keep their graphs (a mode they have not
+    run yet compiles once, on the next step)."""
+    blocks = transformer_blocks(model)
+    if any("_cosmos_hal_ac" not in b.__dict__ for b in blocks):
+        raise RuntimeError("set_block_modes: call apply_block_ac first")
+    modes = list(modes)
+    if len(modes) != len(blocks) or any(m not in MODES for m in modes):
+        raise ValueError(f"set_block_modes: give {len(blocks)} modes from {', '.join(MODES)}")
+    for block, mode in zip(blocks, modes):
+        block._cosmos_hal_ac = mode
+    return modes
 
 
 def activation_budget(*, total_bytes: float, persistent_bytes: float, backward_peak_bytes: float,
