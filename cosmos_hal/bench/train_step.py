@@ -297,6 +297,7 @@ def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling
     kw = dict(amp_dtype=amp_dtype, device_type=device.type)
     try:
         backend.reset_peak_memory()
+        allocated_before = ac.device_allocated_bytes()
         for i in range(max(1, args.warmup)):
             t0 = time.perf_counter()
             loss = train_step(model, optimizer, params, inp, **kw)
@@ -304,7 +305,7 @@ def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling
             if i == 0:
                 res.first_step_s = time.perf_counter() - t0
                 if refine:
-                    again = _refine_plan(args, res, model, memory,
+                    again = _refine_plan(args, res, model, memory, allocated_before,
                                          lambda: train_step(model, optimizer, params, inp, **kw))
                     loss = loss if again is None else again
         backend.reset_peak_memory()
@@ -340,18 +341,23 @@ def run_setting(args, preset, setting: Setting, inp: StepInputs, device, ceiling
     return res
 
 
-def _refine_plan(args, res: Result, model, memory, step):
+def _refine_plan(args, res: Result, model, memory, allocated_before: int, step):
     """After the first step: upgrade the AC plan into the memory that step left free
     (ac.refine_modes), and run one more untimed step so a newly used mode compiles outside the
-    timing. Returns that step's loss, or None when the plan stayed."""
+    timing. Returns that step's loss, or None when the plan stayed.
+
+    The optimizer's states are created at the END of step 1, after its activation peak; every
+    later step peaks with them resident, so what step 1 left allocated is added to its peak."""
     total = int(args.memory_budget_gb * 2**30) if args.memory_budget_gb else device_total_bytes()
     old = ac.block_modes(model)
-    peak = ac.device_peak_bytes()  # allocator counters only (0 on the CPU: no refinement)
+    grown = max(0, ac.device_allocated_bytes() - allocated_before)
+    peak = ac.device_peak_bytes() + grown  # allocator counters only (0 on the CPU: no refinement)
     new = ac.refine_modes(old, memory, total_bytes=total, peak_bytes=peak, headroom=args.memory_headroom)
     if new == old:
         return None
     ac.set_block_modes(model, new)
-    res.ac_reason += (f"; refined after step 1 (peak {peak / 2**30:.1f} GiB): "
+    res.ac_reason += (f"; refined after step 1 (peak {peak / 2**30:.1f} GiB with the "
+                      f"{grown / 2**30:.1f} GiB of optimizer state it created): "
                       + ", ".join(f"{m} {old.count(m)}->{new.count(m)}" for m in ac.MODES if old.count(m) != new.count(m)))
     res.fast["ac_modes"] = new
     res.fast["ac_counts"] = {m: new.count(m) for m in ac.MODES}

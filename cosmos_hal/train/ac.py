@@ -213,7 +213,7 @@ def _stats() -> dict:
     return current_backend().memory_stats()
 
 
-def _allocated() -> int:
+def device_allocated_bytes() -> int:
     """Bytes the device allocator holds now (0 where the backend keeps no counters: CPU)."""
     return int(_stats().get("allocated_gb", 0.0) * 2**30)
 
@@ -249,13 +249,13 @@ def probe_block_memory(model, block_args, block_kwargs, *, autocast_dtype=torch.
         for mode in modes:
             block._cosmos_hal_ac = mode
             gc.collect()
-            before = _allocated()
+            before = device_allocated_bytes()
             with torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 out = block(*args, **block_kwargs)
             out_bytes = out.numel() * out.element_size()
-            saved[mode] = max(0, _allocated() - before - out_bytes)
+            saved[mode] = max(0, device_allocated_bytes() - before - out_bytes)
             _reset_peak()
-            base = _allocated()
+            base = device_allocated_bytes()
             out.float().square().mean().backward()
             bwd_peak = max(bwd_peak, device_peak_bytes() - base)
             del out
