@@ -582,6 +582,15 @@ def estimate_fsdp(block_memory_gb: dict, shape_label: str, tokens: int, *, prese
     room = 0.92 * device_gb - sharded - unsharded - transient - preset_big.num_layers * sel
     out["max_blocks_without_ac"] = (max(0, min(preset_big.num_layers, int(room // none_extra)))
                                     if room > 0 and none_extra > 0 else 0)
+    # the auto plan's ladder (ac.plan_modes) over the memory the state and transient leave
+    scaled = ac.BlockMemory(saved={m: gb * scale * 2**30 for m, gb in saved.items()}, backward_peak=0,
+                            output=int(output * scale * 2**30))
+    budget = (0.92 * device_gb - sharded - unsharded - transient) * 2**30
+    plan = ac.plan_modes(preset_big.num_layers, scaled, budget) if saved else []
+    acts = sum(scaled.per_block(m) for m in plan) / 2**30
+    out["plan"] = {m: plan.count(m) for m in ac.LADDER if plan.count(m)}
+    out["plan_total_gb"] = sharded + unsharded + transient + acts
+    out["plan_fits"] = bool(plan) and out["plan_total_gb"] < 0.92 * device_gb
     return out
 
 
@@ -624,7 +633,7 @@ def goals(results: list[dict], ratio_rows: list[dict]) -> list[dict]:
 def markdown(report: dict) -> str:
     lines = [f"Device: {report['device']}; bf16 matmul ceiling {report['ceiling_tflops']:.0f} TFLOP/s "
              f"({report['ceiling_size']}^3, median)", "",
-             "| shape | tokens | mode | path | s/step | tokens/s | peak GB | TFLOP/s | MFU | AC plan | status |",
+             "| shape | tokens | mode | path | s/step | tokens/s | peak GiB | TFLOP/s | MFU | AC plan | status |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["settings"]:
         counts = r.get("fast", {}).get("ac_counts")
@@ -653,7 +662,8 @@ def markdown(report: dict) -> str:
                           f"{'' if v['fits'] else ' (does not fit)'}" for m, v in est["per_mode"].items())
         lines.append(f"\nEstimate {est['preset']} FSDP x{est['devices']} at {est['shape']}: sharded state "
                      f"{est['sharded_state_gb']:.1f} GB + unsharded blocks {est['unsharded_blocks_gb']:.1f} GB; "
-                     f"{modes}; blocks that fit without AC: {est['max_blocks_without_ac']}")
+                     f"{modes}; auto plan {est.get('plan') or 'none'}: total {est.get('plan_total_gb', 0):.1f} GB"
+                     f"{'' if est.get('plan_fits') else ' (does not fit)'}")
     if report.get("numerics"):
         n = report["numerics"]
         lines.append(f"\nNumerics ({n.get('shape')}): passed={n.get('passed')} " + ", ".join(
