@@ -95,15 +95,20 @@ def test_adapters_load_into_a_fresh_diffusers_model_and_change_its_output(tmp_pa
     assert change > 1e-4, f"{kind} adapters did not change the output (relative change {change:.2e})"
 
 
-def test_checkpointing_and_fast_attention_do_not_change_the_losses(tmp_path):
+def test_checkpointing_and_fast_attention_do_not_change_the_losses(tmp_path, capsys):
     base = ["max_iter=3", "logging_iter=1", "save_at_end=false"]
     run("tiny_video2world_synthetic", tmp_path / "plain", *base, "activation_checkpointing=false")
     ref = losses(tmp_path / "plain")
     for i, variant in enumerate([["activation_checkpointing=true", "ac_mode=full"],
                                  ["activation_checkpointing=true", "ac_mode=selective"],
+                                 ["activation_checkpointing=true", "ac_mode=selective_mm"],
+                                 ["activation_checkpointing=true", "ac_mode=auto", "fast_attention=true"],
                                  ["fast_attention=true", "activation_checkpointing=false"]]):
         out = tmp_path / f"v{i}"
+        capsys.readouterr()
         run("tiny_video2world_synthetic", out, *base, *variant)
         got = losses(out)
         for it in ref:
             assert abs(got[it] - ref[it]) <= 1e-5 * abs(ref[it]), (variant, it, got[it], ref[it])
+        if "ac_mode=auto" in variant:  # the CPU has no allocator counters: all selective, said in the log
+            assert "activation checkpointing auto: no device memory counters here" in capsys.readouterr().out

@@ -67,11 +67,7 @@ def free_memory() -> None:
 
 def device_total_bytes() -> int:
     """The device's memory (0 if unknown: the AC plan then makes every block selective)."""
-    acc = _accel()
-    try:
-        return int(acc.get_memory_info()[1]) if acc is not None else 0
-    except Exception:  # an older torch or an accelerator without memory info
-        return 0
+    return ac.device_total_bytes()
 
 
 def peak_gb() -> float:

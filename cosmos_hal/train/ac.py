@@ -362,15 +362,29 @@ def persistent_bytes(model, *, autocast_weight_bytes: int = 2) -> int:
     return total
 
 
+def device_total_bytes() -> int:
+    """The accelerator's memory in bytes (0 if unknown, e.g. on the CPU: plans then fall back
+    to all selective). torch.accelerator is vendor-neutral: CUDA and torch_npu both answer."""
+    acc = getattr(torch, "accelerator", None)
+    try:
+        return int(acc.get_memory_info()[1]) if acc is not None and acc.is_available() else 0
+    except Exception:  # an older torch or an accelerator without memory info
+        return 0
+
+
 def auto_plan(model, forward, *, total_bytes: int, headroom: float = 0.10, autocast_dtype=torch.bfloat16,
-              device_type: str | None = None) -> tuple[list[str], BlockMemory, float]:
+              device_type: str | None = None, batch: int = 1) -> tuple[list[str], BlockMemory, float]:
     """Per-block modes for ``model`` sized to ``total_bytes`` of device memory, in one call.
 
     ``forward()`` runs one real training forward (it is stopped at block 0); block 0 is then
-    probed in every mode at those inputs. Returns (modes, the probe, the activation budget).
+    probed in every mode at those inputs. ``batch``: samples per step when ``forward`` runs
+    fewer (activations scale linearly). Returns (modes, the probe, the activation budget).
     Call it after adapters are added and before compile; gradients it makes are cleared."""
     args, kwargs = capture_block_inputs(model, forward)
     memory = probe_block_memory(model, args, kwargs, autocast_dtype=autocast_dtype, device_type=device_type)
+    if batch != 1:
+        memory = BlockMemory(saved={m: v * batch for m, v in memory.saved.items()},
+                             backward_peak=memory.backward_peak * batch, output=memory.output * batch)
     model.zero_grad(set_to_none=True)
     del args, kwargs
     gc.collect()

@@ -122,7 +122,9 @@ class Experiment:
     precision: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
     parallelism: str = "fsdp"  # fsdp | ddp (ignored on one process)
     activation_checkpointing: bool = True
-    ac_mode: str = "full"  # full | selective (keeps self-attention outputs: less recompute, more memory)
+    # full | selective (keeps self-attention outputs) | selective_mm (also wide matmul outputs) |
+    # auto (per block, sized to the device's memory; refined after iteration 1): docs/benchmarks.md
+    ac_mode: str = "full"
     fast_attention: bool = False  # FastCosmosAttnProcessor (fused QK-norm + RoPE; train/fast_attention.py)
     compile: bool = False
     parity: bool = False  # deterministic algorithms + fixed data order
@@ -266,7 +268,7 @@ _CHOICES = {
     "task": ("video2world", "text2image"),
     "precision": ("bf16", "fp32"),
     "parallelism": ("fsdp", "ddp"),
-    "ac_mode": ("full", "selective"),
+    "ac_mode": ("full", "selective", "selective_mm", "auto"),
 }
 
 

@@ -19,14 +19,41 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return list(blocks)
 
 
-def apply_ac(model: nn.Module, mode: str = "full") -> nn.Module:
+def apply_ac(model: nn.Module, mode="full") -> nn.Module:
     """Activation checkpointing of every transformer block (train/ac.py, non-reentrant):
     "full" recomputes the whole block in backward, "selective" keeps the self-attention
-    outputs (the most expensive op to recompute)."""
+    outputs (the most expensive op to recompute), "selective_mm" also the wide matmuls' outputs;
+    a list gives one mode per block (``plan_auto_ac``)."""
     from cosmos_hal.train import ac
 
     ac.apply_block_ac(model, mode)
     return model
+
+
+def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device) -> tuple[list[str], object, str]:
+    """``ac_mode=auto``: per-block modes sized to this device's memory from a one-block probe at
+    the experiment's shape (train/ac.py ``auto_plan``; refined after the first iteration by the
+    trainer). Call before FSDP, with adapters and the fast attention already installed.
+    Returns (modes, the block memory probe, a line for the log)."""
+    from cosmos_hal.bench.flops import Shape
+    from cosmos_hal.bench.train_step import forward_loss, make_inputs
+    from cosmos_hal.train import ac
+
+    frames = exp.data.num_frames if exp.task == "video2world" else 1
+    shape = Shape(frames, exp.data.height, exp.data.width, text_tokens=preset.text_max_length)
+    inp = make_inputs(preset, shape, device, seed=exp.seed)
+    amp = torch.bfloat16 if exp.precision == "bf16" else None
+    total = ac.device_total_bytes()
+    modes, memory, budget = ac.auto_plan(
+        model, lambda: forward_loss(model, inp, amp_dtype=amp, device_type=device.type), total_bytes=total,
+        autocast_dtype=amp, device_type=device.type, batch=exp.batch_size)
+    del inp
+    counts = ", ".join(f"{m} {modes.count(m)}" for m in ac.LADDER if modes.count(m))
+    if not total or not any(memory.saved.values()):
+        return modes, memory, f"activation checkpointing auto: no device memory counters here, every block selective ({counts})"
+    return modes, memory, (f"activation checkpointing auto: {counts} (activation budget {budget / 2**30:.1f} GiB of "
+                   f"{total / 2**30:.1f}; per block, GiB: " + ", ".join(
+                       f"{m} {v / 2**30:.2f}" for m, v in memory.saved.items()) + ")")
 
 
 def apply_fast_attention(model: nn.Module, device: torch.device) -> nn.Module:
@@ -63,12 +90,13 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def parallelize(model: nn.Module, exp, world) -> tuple[nn.Module, nn.Module]:
-    """Apply the experiment's techniques; returns (module to call, module that owns the weights)."""
+def parallelize(model: nn.Module, exp, world, *, ac_modes=None) -> tuple[nn.Module, nn.Module]:
+    """Apply the experiment's techniques; returns (module to call, module that owns the weights).
+    ``ac_modes``: per-block modes already planned (``ac_mode=auto``)."""
     if exp.fast_attention:
         apply_fast_attention(model, world.device)
     if exp.activation_checkpointing:
-        apply_ac(model, exp.ac_mode)
+        apply_ac(model, ac_modes if ac_modes is not None else exp.ac_mode)
     if exp.compile:
         apply_compile(model)
     if world.world_size > 1 and exp.parallelism == "fsdp":

@@ -22,12 +22,13 @@ import torch
 
 import cosmos_hal.backend as _backend
 from cosmos_hal import dist, rng
+from cosmos_hal.train import ac
 from cosmos_hal.train import checkpoint as ckpt
 from cosmos_hal.train import loss as losses
 from cosmos_hal.train.ema import PowerEMA
 from cosmos_hal.train.experiments import Experiment, describe
 from cosmos_hal.train.metrics import MetricsLogger
-from cosmos_hal.train.parallelize import parallelize, set_grad_sync
+from cosmos_hal.train.parallelize import apply_fast_attention, parallelize, plan_auto_ac, set_grad_sync
 from cosmos_hal.train.schedule import build_scheduler
 
 log = logging.getLogger("cosmos_hal.train")
@@ -189,6 +190,21 @@ def memory_gb(backend) -> float:
 # -- the loop -----------------------------------------------------------------------------------
 
 
+def refine_ac(model, memory, allocated_before: int, logger) -> None:
+    """``ac_mode=auto`` after the first iteration: upgrade the per-block plan into the memory it
+    left free (ac.refine_modes; its peak plus the optimizer state it created). Every rank uses
+    the smallest free memory of all ranks, so all ranks run the same plan."""
+    current = ac.block_modes(model)
+    grown = max(0, ac.device_allocated_bytes() - allocated_before)
+    peak = ac.device_peak_bytes() + grown
+    peak = int(dist.all_reduce_scalar(float(peak), "max"))
+    new = ac.refine_modes(current, memory, total_bytes=ac.device_total_bytes(), peak_bytes=peak)
+    if new != current:
+        ac.set_block_modes(model, new)
+        logger.info("activation checkpointing auto, refined after the first iteration (peak "
+                    f"{peak / 2**30:.1f} GiB): " + ", ".join(f"{m} {new.count(m)}" for m in ac.LADDER if new.count(m)))
+
+
 def train(exp: Experiment) -> dict:
     """Run ``exp`` to max_iter (resuming from the latest checkpoint); returns a summary."""
     backend = _backend.current()
@@ -210,7 +226,13 @@ def train(exp: Experiment) -> dict:
 
     model, preset = build_model(exp, world.device)
     vae = build_vae_for(exp, world.device)
-    net, owner = parallelize(model, exp, world)
+    ac_modes = ac_memory = None
+    if exp.activation_checkpointing and exp.ac_mode == "auto":
+        if exp.fast_attention:  # so the probe measures the processor that will run
+            apply_fast_attention(model, world.device)
+        ac_modes, ac_memory, line = plan_auto_ac(model, exp, preset, world.device)
+        logger.info(line)
+    net, owner = parallelize(model, exp, world, ac_modes=ac_modes)
     # after sharding, so each rank's shadows are its own shards (FSDP2) of the live weights
     ema = PowerEMA(owner, exp.ema.gamma, exp.ema.iteration_shift) if exp.ema.enabled else None
 
@@ -232,6 +254,7 @@ def train(exp: Experiment) -> dict:
         if iteration >= exp.max_iter:
             logger.info(f"already at max_iter={exp.max_iter}: nothing to train (raise max_iter=, "
                         f"pass resume=false, or use another output_dir=)")
+    start_iteration = iteration
     if logger.bar is not None:
         logger.bar.n = iteration
         logger.bar.refresh()
@@ -244,6 +267,7 @@ def train(exp: Experiment) -> dict:
     draw_ahead = DrawAhead(exp.loss, seed=exp.seed, rank=world.rank, is_video=is_video)
     t_window, it_window = time.perf_counter(), 0
     backend.reset_peak_memory()
+    allocated_before = ac.device_allocated_bytes()
     last_loss = math.nan
     first_losses: list[float] = []
 
@@ -283,6 +307,8 @@ def train(exp: Experiment) -> dict:
         if ema is not None:
             ema.update(owner, iteration)
         optimizer.zero_grad()
+        if ac_memory is not None and iteration == start_iteration:
+            refine_ac(model, ac_memory, allocated_before, logger)
         iteration += 1
         it_window += 1
         logger.step()
