@@ -2,7 +2,8 @@
 # Everything cosmos-hal measures on a GPU host, in parts that each fit a 10-minute slot.
 #   bash tools/gpu_suite.sh setup            # install the package (offline: wheels in .whl/)
 #   bash tools/gpu_suite.sh check            # info, CUDA tests, kernel bench, tiny train, parity
-#   bash tools/gpu_suite.sh train_bench      # tools/bench_train_step.py
+#   bash tools/gpu_suite.sh train_bench      # tools/bench_train_step.py at 93x432x768
+#   bash tools/gpu_suite.sh train_bench_704  # the same at 93x704x1280 (a slot of its own)
 #   bash tools/gpu_suite.sh infer_bench      # tools/bench_infer.py + predict2-2b training steps
 # Results go to $OUT (default ./gpu_results). Several parts may be given in one call.
 set -uo pipefail
@@ -59,10 +60,16 @@ parity() {  # tiny Video2World, 100 steps, parity mode: CPU fp32 is the referenc
         --plot "$OUT/parity_bf16.png"
 }
 
-train_bench() {
+train_bench() {  # 93x432x768, both modes and paths, numerics check, profile: about 4 minutes on an H100
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step bench_train_step 480 $PY tools/bench_train_step.py \
-        ${TRAIN_BENCH_ARGS:---shapes 432x768,704x1280 --modes full,lora --paths reference,hal --warmup 1 --repeats 3 --check-numerics --time-budget-s 330} \
+        ${TRAIN_BENCH_ARGS:---shapes 432x768 --modes full,lora --paths reference,hal --warmup 1 --repeats 3 --check-numerics --profile --time-budget-s 420} \
         --out "$OUT/bench_train_step.json" --md "$OUT/bench_train_step.md"
+}
+
+train_bench_704() {  # 93x704x1280, both modes and paths: about 6 minutes on an H100
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step bench_train_step_704 580 $PY tools/bench_train_step.py \
+        --shapes 704x1280 --modes full,lora --paths reference,hal --warmup 1 --repeats 3 --time-budget-s 540 \
+        --out "$OUT/bench_train_step_704.json" --md "$OUT/bench_train_step_704.md"
 }
 
 infer_bench() {
@@ -73,12 +80,12 @@ infer_bench() {
     cp /tmp/bench_2b_704/metrics.jsonl "$OUT/train_2b_704_metrics.jsonl" 2>/dev/null
 }
 
-[ $# -gt 0 ] || { sed -n 2,8p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n 2,9p "$0"; exit 2; }
 setup || { echo "setup failed"; exit 1; }
 for part in "$@"; do
     case "$part" in
         setup) ;;
-        check|parity|train_bench|infer_bench) "$part" ;;
+        check|parity|train_bench|train_bench_704|infer_bench) "$part" ;;
         *) echo "unknown part: $part"; exit 2 ;;
     esac
 done
