@@ -182,7 +182,9 @@ def test_profile_reports_device_time_by_family(tmp_path):
     assert rc == 0
     prof = json.loads(out.read_text())["settings"][0]["profile"]
     fams = prof["by_family_ms"]
-    assert fams["attention"] > 0 and fams["matmul"] > 0  # on the CPU the operators are the "kernels"
+    # on the CPU the operators are the "kernels"; whether attention shows as an SDPA op depends on
+    # the kernel the registry picked (the math kernel is plain matmuls), the linears never do
+    assert fams["matmul"] > 0 and len(fams) >= 2
     assert prof["device_ms_total"] == pytest.approx(sum(fams.values()))
     assert prof["top_kernels"] and "Name" in prof["table"]
 
