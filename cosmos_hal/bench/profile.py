@@ -3,8 +3,8 @@
 Why: a step-time number says how fast, not why. Grouping the device kernels of one profiled
 step into attention / matmul / fused element-wise / optimizer / other tells which optimisation
 is worth doing next (docs/benchmarks.md). Activities come from torch.profiler's own
-``supported_activities()``, so nothing here names a device; on a CPU-only host the "kernels"
-are the CPU operators.
+``supported_activities()``, so nothing here names a device; where no device kernel was recorded
+(a CPU-only host, the torch_npu emulator) the "kernels" are the CPU operators.
 """
 
 from __future__ import annotations
@@ -39,10 +39,12 @@ def profile_call(fn, *, synchronize, top: int = 30) -> dict:
     with profile(activities=list(acts)) as prof:
         fn()
         synchronize()
-    on_device = [a for a in acts if a != ProfilerActivity.CPU]
     events = prof.key_averages()
+    kernels = [e for e in events if e.device_type != torch.autograd.DeviceType.CPU and e.self_device_time_total > 0]
+    # no device kernels recorded (a CPU host, or an activity that records nothing, e.g. under the
+    # torch_npu emulator): the CPU operators stand in for them
+    on_device = bool(kernels) and any(a != ProfilerActivity.CPU for a in acts)
     if on_device:
-        kernels = [e for e in events if e.device_type != torch.autograd.DeviceType.CPU]
         time_of = lambda e: e.self_device_time_total  # noqa: E731
     else:
         kernels = list(events)
@@ -56,6 +58,7 @@ def profile_call(fn, *, synchronize, top: int = 30) -> dict:
     total = sum(by_family.values())
     sort_key = "self_device_time_total" if on_device else "self_cpu_time_total"
     return {
+        "source": "device kernels" if on_device else "CPU operators",
         "device_ms_total": total,
         "by_family_ms": dict(sorted(by_family.items(), key=lambda kv: -kv[1])),
         "kernel_launches": dict(counts),
