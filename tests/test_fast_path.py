@@ -317,3 +317,11 @@ def test_set_block_modes_changes_only_the_mode():
     assert [b.__dict__["forward"] for b in model.transformer_blocks] == forwards  # compiled graphs stay valid
     with pytest.raises(ValueError, match="give 4 modes"):
         ac.set_block_modes(model, ["sometimes"] * PRESET.num_layers)
+
+
+def test_block_memory_scales_with_the_batch():
+    mem = ac.BlockMemory(saved={"none": 300, "selective": 10, "full": 0}, backward_peak=500, output=7)
+    two = mem.scaled(2)
+    assert two.saved == {"none": 600, "selective": 20, "full": 0}
+    assert (two.backward_peak, two.output) == (1000, 14)
+    assert two.per_block("selective") == 2 * mem.per_block("selective")

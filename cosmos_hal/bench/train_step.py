@@ -579,8 +579,8 @@ def estimate_fsdp(block_memory_gb: dict, shape_label: str, tokens: int, *, prese
     out["max_blocks_without_ac"] = (max(0, min(preset_big.num_layers, int(room // none_extra)))
                                     if room > 0 and none_extra > 0 else 0)
     # the auto plan's ladder (ac.plan_modes) over the memory the state and transient leave
-    scaled = ac.BlockMemory(saved={m: gb * scale * 2**30 for m, gb in saved.items()}, backward_peak=0,
-                            output=int(output * scale * 2**30))
+    scaled = ac.BlockMemory(saved={m: gb * 2**30 for m, gb in saved.items()}, backward_peak=0,
+                            output=int(output * 2**30)).scaled(scale)
     budget = (0.92 * device_gb - sharded - unsharded - transient) * 2**30
     plan = ac.plan_modes(preset_big.num_layers, scaled, budget) if saved else []
     acts = sum(scaled.per_block(m) for m in plan) / 2**30

@@ -171,6 +171,11 @@ class BlockMemory:
         """Bytes one block in ``mode`` holds until its backward."""
         return int(self.saved.get(mode, 0)) + int(self.output)
 
+    def scaled(self, factor: float) -> "BlockMemory":
+        """The same block at ``factor`` times the samples (or width): activations scale linearly."""
+        return BlockMemory(saved={m: int(v * factor) for m, v in self.saved.items()},
+                           backward_peak=int(self.backward_peak * factor), output=int(self.output * factor))
+
     def as_gb(self) -> dict:
         d = asdict(self)
         d["saved"] = {m: v / 2**30 for m, v in self.saved.items()}
@@ -373,22 +378,23 @@ def device_total_bytes() -> int:
 
 
 def auto_plan(model, forward, *, total_bytes: int, headroom: float = 0.10, autocast_dtype=torch.bfloat16,
-              device_type: str | None = None, batch: int = 1) -> tuple[list[str], BlockMemory, float]:
+              device_type: str | None = None, batch: int = 1,
+              state_shards: int = 1) -> tuple[list[str], BlockMemory, float]:
     """Per-block modes for ``model`` sized to ``total_bytes`` of device memory, in one call.
 
     ``forward()`` runs one real training forward (it is stopped at block 0); block 0 is then
     probed in every mode at those inputs. ``batch``: samples per step when ``forward`` runs
-    fewer (activations scale linearly). Returns (modes, the probe, the activation budget).
+    fewer (activations scale linearly). ``state_shards``: FSDP's world size (weights, grads and
+    optimizer states are split that many ways). Returns (modes, the probe, the activation budget).
     Call it after adapters are added and before compile; gradients it makes are cleared."""
     args, kwargs = capture_block_inputs(model, forward)
     memory = probe_block_memory(model, args, kwargs, autocast_dtype=autocast_dtype, device_type=device_type)
-    if batch != 1:
-        memory = BlockMemory(saved={m: v * batch for m, v in memory.saved.items()},
-                             backward_peak=memory.backward_peak * batch, output=memory.output * batch)
+    memory = memory.scaled(batch)
     model.zero_grad(set_to_none=True)
     del args, kwargs
     gc.collect()
-    budget = activation_budget(total_bytes=total_bytes, persistent_bytes=persistent_bytes(model),
+    persistent = persistent_bytes(model) / max(1, state_shards)
+    budget = activation_budget(total_bytes=total_bytes, persistent_bytes=persistent,
                                backward_peak_bytes=memory.backward_peak, other_bytes=6 * memory.output,
                                headroom=headroom)
     n = len(transformer_blocks(model))

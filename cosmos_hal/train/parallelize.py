@@ -30,7 +30,8 @@ def apply_ac(model: nn.Module, mode="full") -> nn.Module:
     return model
 
 
-def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device) -> tuple[list[str], object, str]:
+def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device, *,
+                 world_size: int = 1) -> tuple[list[str], object, str]:
     """``ac_mode=auto``: per-block modes sized to this device's memory from a one-block probe at
     the experiment's shape (train/ac.py ``auto_plan``; refined after the first iteration by the
     trainer). Call before FSDP, with adapters and the fast attention already installed.
@@ -46,11 +47,13 @@ def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device) -> tuple[l
     total = ac.device_total_bytes()
     modes, memory, budget = ac.auto_plan(
         model, lambda: forward_loss(model, inp, amp_dtype=amp, device_type=device.type), total_bytes=total,
-        autocast_dtype=amp, device_type=device.type, batch=exp.batch_size)
+        autocast_dtype=amp, device_type=device.type, batch=exp.batch_size,
+        state_shards=world_size if exp.parallelism == "fsdp" else 1)
     del inp
     counts = ", ".join(f"{m} {modes.count(m)}" for m in ac.LADDER if modes.count(m))
     if not total or not any(memory.saved.values()):
-        return modes, memory, f"activation checkpointing auto: no device memory counters here, every block selective ({counts})"
+        return modes, memory, ("activation checkpointing auto: no device memory counters here, every block "
+                               f"selective ({counts})")
     return modes, memory, (f"activation checkpointing auto: {counts} (activation budget {budget / 2**30:.1f} GiB of "
                    f"{total / 2**30:.1f}; per block, GiB: " + ", ".join(
                        f"{m} {v / 2**30:.2f}" for m, v in memory.saved.items()) + ")")

@@ -230,7 +230,7 @@ def train(exp: Experiment) -> dict:
     if exp.activation_checkpointing and exp.ac_mode == "auto":
         if exp.fast_attention:  # so the probe measures the processor that will run
             apply_fast_attention(model, world.device)
-        ac_modes, ac_memory, line = plan_auto_ac(model, exp, preset, world.device)
+        ac_modes, ac_memory, line = plan_auto_ac(model, exp, preset, world.device, world_size=world.world_size)
         logger.info(line)
     net, owner = parallelize(model, exp, world, ac_modes=ac_modes)
     # after sharding, so each rank's shadows are its own shards (FSDP2) of the live weights
