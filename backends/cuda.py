@@ -71,6 +71,7 @@ class CudaBackend(Backend):
             "allocated_gb": torch.cuda.memory_allocated() / 2**30,
             "peak_allocated_gb": torch.cuda.max_memory_allocated() / 2**30,
             "reserved_gb": torch.cuda.memory_reserved() / 2**30,
+            "total_gb": torch.cuda.mem_get_info()[1] / 2**30,  # what activation-checkpoint plans size to
         }
 
     def reset_peak_memory(self) -> None:

@@ -86,6 +86,7 @@ class NpuBackend(Backend):
             "allocated_gb": torch.npu.memory_allocated() / 2**30,
             "peak_allocated_gb": torch.npu.max_memory_allocated() / 2**30,
             "reserved_gb": torch.npu.memory_reserved() / 2**30,
+            "total_gb": torch.npu.mem_get_info()[1] / 2**30,  # what activation-checkpoint plans size to
         }
 
     def reset_peak_memory(self) -> None:

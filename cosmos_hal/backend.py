@@ -99,6 +99,8 @@ class Backend:
 
     # -- introspection ----------------------------------------------------------------
     def memory_stats(self) -> dict[str, float]:
+        """GiB: ``allocated_gb``, ``peak_allocated_gb``, ``reserved_gb`` and the device's
+        ``total_gb`` where the device has an allocator; {} where it has none (CPU)."""
         return {}
 
     def reset_peak_memory(self) -> None:

@@ -119,3 +119,15 @@ def test_cuda_backend_on_a_gpu():
     assert chosen.name == "cuda" and chosen.dist_backend == "nccl"
     assert chosen.device_count() >= 1 and chosen.device_names()[0]
     assert "cuda" in chosen.versions()
+
+
+def test_npu_memory_stats_report_the_device_total_for_ac_plans(npu_emulator, monkeypatch):
+    from cosmos_hal.train import ac
+
+    stats = backend_mod.current().memory_stats()
+    assert backend_mod.current().name == "npu"
+    assert set(stats) >= {"allocated_gb", "peak_allocated_gb", "reserved_gb", "total_gb"}
+    # the emulator has no device memory: the planner sees 0 and makes every block selective
+    assert stats["total_gb"] == 0 and ac.device_total_bytes() == 0
+    monkeypatch.setattr(torch.npu, "mem_get_info", lambda device=None: (10 * 2**30, 64 * 2**30))  # a 64 GB card
+    assert ac.device_total_bytes() == 64 * 2**30

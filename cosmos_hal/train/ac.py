@@ -369,7 +369,10 @@ def persistent_bytes(model, *, autocast_weight_bytes: int = 2) -> int:
 
 def device_total_bytes() -> int:
     """The accelerator's memory in bytes (0 if unknown, e.g. on the CPU: plans then fall back
-    to all selective). torch.accelerator is vendor-neutral: CUDA and torch_npu both answer."""
+    to all selective): the backend's ``memory_stats()["total_gb"]``, else torch.accelerator."""
+    total = float(_stats().get("total_gb", 0.0))
+    if total > 0:
+        return int(total * 2**30)
     acc = getattr(torch, "accelerator", None)
     try:
         return int(acc.get_memory_info()[1]) if acc is not None and acc.is_available() else 0
