@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cosmos_hal import ops
 from cosmos_hal.bench.flops import Shape
-from cosmos_hal.bench.train_step import build_model, forward_loss, make_inputs
+from cosmos_hal.bench.step import build_model, forward_loss, make_inputs
 from cosmos_hal.models.presets import get_preset
 from cosmos_hal.train import ac
 from cosmos_hal.train.compile import make_fast, reset_compiler

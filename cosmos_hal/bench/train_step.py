@@ -31,9 +31,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cosmos_hal import rng
 from cosmos_hal.fileio import write_text_atomic
 from cosmos_hal.bench.flops import Shape, forward_flops, parse_shape, train_flops
+from cosmos_hal.bench.fsdp_estimate import estimate_fsdp
+from cosmos_hal.bench.report import _f, _pct, goals, markdown, ratios
+from cosmos_hal.bench.step import StepInputs, build_model, forward_loss, make_inputs, train_step
 from cosmos_hal.train import ac
 
 LR, BETAS, EPS, WD = 2**-14.5 * 0.6, (0.9, 0.99), 1e-8, 0.1  # upstream Predict2-2B recipe
@@ -85,88 +87,6 @@ def reserved_gb() -> float:
 def is_oom(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None)
     return (oom is not None and isinstance(exc, oom)) or "out of memory" in str(exc).lower()
-
-
-# -- model and inputs ----------------------------------------------------------------------
-
-
-@torch.no_grad()
-def init_on_device_(model, seed: int) -> None:
-    """Random weights drawn on the device with a seeded generator (the values do not change
-    the speed; drawing 2e9 numbers on the device takes milliseconds, on the CPU seconds).
-    Same rules as cosmos_hal.models.init; LoRA B starts at zero as peft's does."""
-    from cosmos_hal.models.init import _param_rule
-
-    device = next(model.parameters()).device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    for name, p in model.named_parameters():
-        rule = "zeros" if ".lora_B." in name else _param_rule(name, p.shape)
-        if rule == "zeros":
-            p.zero_()
-        elif rule == "ones":
-            p.fill_(1.0)
-        else:
-            bound = 1.0 / math.sqrt(max(1, math.prod(p.shape[1:])))
-            p.uniform_(-bound, bound, generator=gen)
-
-
-def build_model(preset, device, *, lora_rank: int, seed: int = 0):
-    """fp32 model on ``device`` with diffusers' default processor (and LoRA adapters if rank>0)."""
-    from cosmos_hal.models.dit import build_transformer
-
-    model = build_transformer(preset, meta=True, install_hal_processor=False)
-    if lora_rank > 0:
-        from cosmos_hal.models import lora
-
-        lora.add_adapters(model, rank=lora_rank, seed=seed)
-    model.to_empty(device=device)
-    init_on_device_(model, seed)
-    model.train()
-    return model
-
-
-@dataclass
-class StepInputs:
-    """Cached latents, text embeddings and the conditioning a training step feeds the DiT."""
-
-    x_in: torch.Tensor
-    timestep: torch.Tensor
-    condition_mask: torch.Tensor | None
-    padding_mask: torch.Tensor
-    text: torch.Tensor
-    target: torch.Tensor
-
-
-def make_inputs(preset, shape: Shape, device, seed: int = 0) -> StepInputs:
-    """A video2world sample: one clean conditioning latent frame, sigma = 1 noise elsewhere."""
-    t, h, w = shape.latent()
-    c = preset.latent_channels
-    x0 = rng.normal(rng.Key(seed, "bench_x0"), (1, c, t, h, w), device=device)
-    noise = rng.normal(rng.Key(seed, "bench_noise"), (1, c, t, h, w), device=device)
-    text = rng.normal(rng.Key(seed, "bench_text"), (1, shape.text_tokens, preset.context_dim), device=device)
-    frame = torch.zeros(1, 1, t, 1, 1, device=device)
-    frame[:, :, :1] = 1.0
-    x_in = frame * x0 + (1 - frame) * (x0 + noise) * 0.5  # c_in = 1/(1+sigma) at sigma = 1
-    timestep = torch.where(frame > 0, torch.full_like(frame, 1e-4), torch.full_like(frame, 0.5))
-    cond = frame.expand(1, 1, t, h, w).contiguous() if preset.has_condition_mask else None
-    return StepInputs(x_in, timestep, cond, torch.zeros(1, 1, h, w, device=device), text, x0)
-
-
-def forward_loss(model, inp: StepInputs, *, amp_dtype, device_type: str) -> torch.Tensor:
-    with torch.autocast(device_type=device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-        out = model(hidden_states=inp.x_in, timestep=inp.timestep, encoder_hidden_states=inp.text,
-                    condition_mask=inp.condition_mask, padding_mask=inp.padding_mask, return_dict=False)[0]
-    return (out.float() - inp.target).square().mean()
-
-
-def train_step(model, optimizer, params, inp: StepInputs, *, amp_dtype, device_type: str) -> torch.Tensor:
-    """forward, backward, clip at 1.0, AdamW step; returns the loss as a device tensor (no sync)."""
-    loss = forward_loss(model, inp, amp_dtype=amp_dtype, device_type=device_type)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
-    optimizer.step()
-    optimizer.zero_grad()
-    return loss.detach()
 
 
 # -- the cosmos_hal path's memory plan -------------------------------------------------------
@@ -541,138 +461,6 @@ def check_numerics(args, preset, device, *, shape: Shape, compile_fast: bool = F
         reset_compiler()
         free_memory()
     return out
-
-
-# -- 14B under FSDP estimate -----------------------------------------------------------------
-
-
-def estimate_fsdp(block_memory_gb: dict, shape_label: str, tokens: int, *, preset_2b, preset_big,
-                  devices: int = 8, device_gb: float = 80.0) -> dict:
-    """Per-device memory of ``preset_big`` under FSDP2 across ``devices``, from the 2B block probe.
-
-    Activations of a block scale with tokens x hidden size, so the 2B per-block bytes are
-    multiplied by hidden_big / hidden_2b (same tokens). Sharded state: fp32 weights, grads and
-    two AdamW moments (16 bytes/param) / devices. Unsharded: two blocks' bf16 weights (the one
-    computing and the prefetched one; FSDP2 MixedPrecisionPolicy(param_dtype=bf16))."""
-    from cosmos_hal.models.dit import build_transformer
-
-    big = build_transformer(preset_big, meta=True, install_hal_processor=False)
-    n_params = sum(p.numel() for p in big.parameters())
-    per_block_params = sum(p.numel() for p in big.transformer_blocks[0].parameters())
-    del big
-    scale = preset_big.hidden_size / preset_2b.hidden_size
-    sharded = 16 * n_params / devices / 2**30
-    unsharded = 2 * 2 * per_block_params / 2**30
-    out = {"preset": preset_big.name, "shape": shape_label, "tokens": tokens, "devices": devices,
-           "params": n_params, "sharded_state_gb": sharded, "unsharded_blocks_gb": unsharded,
-           "activation_scale": scale, "per_mode": {}}
-    saved = block_memory_gb.get("saved", {})
-    output = block_memory_gb.get("output", 0.0)
-    transient = block_memory_gb.get("backward_peak", 0.0) * scale
-    for mode, gb in saved.items():
-        acts = preset_big.num_layers * (gb + output) * scale
-        total = sharded + unsharded + acts + transient
-        out["per_mode"][mode] = {"activations_gb": acts, "total_gb": total, "fits": total < 0.92 * device_gb}
-    sel = (saved.get("selective", 0.0) + output) * scale
-    none_extra = (saved.get("none", 0.0) - saved.get("selective", 0.0)) * scale
-    room = 0.92 * device_gb - sharded - unsharded - transient - preset_big.num_layers * sel
-    out["max_blocks_without_ac"] = (max(0, min(preset_big.num_layers, int(room // none_extra)))
-                                    if room > 0 and none_extra > 0 else 0)
-    # the auto plan's ladder (ac.plan_modes) over the memory the state and transient leave
-    scaled = ac.BlockMemory(saved={m: gb * 2**30 for m, gb in saved.items()}, backward_peak=0,
-                            output=int(output * 2**30)).scaled(scale)
-    budget = (0.92 * device_gb - sharded - unsharded - transient) * 2**30
-    plan = ac.plan_modes(preset_big.num_layers, scaled, budget) if saved else []
-    acts = sum(scaled.per_block(m) for m in plan) / 2**30
-    out["plan"] = {m: plan.count(m) for m in ac.LADDER if plan.count(m)}
-    out["plan_total_gb"] = sharded + unsharded + transient + acts
-    out["plan_fits"] = bool(plan) and out["plan_total_gb"] < 0.92 * device_gb
-    return out
-
-
-# -- reporting -----------------------------------------------------------------------------
-
-
-def ratios(results: list[Result]) -> list[dict]:
-    by = {(r.shape, r.mode, r.path): r for r in results}
-    out = []
-    for (shape, mode, path), r in by.items():
-        ref = by.get((shape, mode, "reference"))
-        if path == "reference" or ref is None or r.status != "ok" or ref.status != "ok":
-            continue
-        out.append({"shape": shape, "mode": mode, "path": path, "speedup": ref.median_s / r.median_s,
-                    "memory_ratio": r.peak_gb / ref.peak_gb if ref.peak_gb else float("nan")})
-    return out
-
-
-def goals(results: list[dict], ratio_rows: list[dict]) -> list[dict]:
-    """Issue 9's goals, checked on this run: 93x432x768 full >= 55 % MFU and >= 1.5x, LoRA
-    >= 1.5x; 93x704x1280 >= 1.3x (both modes)."""
-    out = []
-    for q in ratio_rows:
-        if q["path"] != "hal":
-            continue
-        small = q["shape"].endswith("432x768")
-        want = 1.5 if small else 1.3 if q["shape"].endswith("704x1280") else None
-        if want is None:
-            continue
-        row = {"shape": q["shape"], "mode": q["mode"], "speedup": q["speedup"], "speedup_goal": want,
-               "met": q["speedup"] >= want}
-        if small and q["mode"] == "full":
-            mfu = next((r["mfu"] for r in results if r["shape"] == q["shape"] and r["mode"] == "full"
-                        and r["path"] == "hal"), float("nan"))
-            row.update(mfu=mfu, mfu_goal=0.55, met=row["met"] and mfu >= 0.55)
-        out.append(row)
-    return out
-
-
-def markdown(report: dict) -> str:
-    lines = [f"Device: {report['device']}; bf16 matmul ceiling {report['ceiling_tflops']:.0f} TFLOP/s "
-             f"({report['ceiling_size']}^3, median)", "",
-             "| shape | tokens | mode | path | s/step | tokens/s | peak GiB | TFLOP/s | MFU | AC plan | status |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in report["settings"]:
-        counts = r.get("fast", {}).get("ac_counts")
-        plan = ("diffusers full" if r["path"] == "reference" else
-                " ".join(f"{k}:{v}" for k, v in counts.items() if v) if counts else "-")
-        if r["path"] != "reference" and r.get("fast", {}).get("compiled_blocks"):
-            plan += " +compile"
-        status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error'][:60]}"
-        lines.append(f"| {r['shape']} | {r['tokens']} | {r['mode']} | {r['path']} | {_f(r['median_s'], 3)} | "
-                     f"{_f(r['tokens_per_s'], 0)} | {_f(r['peak_gb'], 1)} | {_f(r['tflops'], 0)} | "
-                     f"{_pct(r['mfu'])} | {plan} | {status} |")
-    if report["ratios"]:
-        lines += ["", "| shape | mode | path | speedup vs reference | peak memory vs reference |", "|---|---|---|---|---|"]
-        for q in report["ratios"]:
-            lines.append(f"| {q['shape']} | {q['mode']} | {q['path']} | {q['speedup']:.2f}x | {_f(q['memory_ratio'], 2)}x |")
-    for g in report.get("goals", []):
-        lines.append(f"\nGoal {g['shape']} {g['mode']}: speedup {g['speedup']:.2f}x (goal {g['speedup_goal']}x)"
-                     + (f", MFU {_pct(g['mfu'])} (goal 55 %)" if "mfu" in g else "")
-                     + (" - met" if g["met"] else " - NOT met"))
-    for label, mem in report.get("block_memory_gb", {}).items():
-        saved = ", ".join(f"{k} {v:.2f}" for k, v in mem["saved"].items())
-        lines.append(f"\nPer-block memory at {label} (GiB): kept after forward: {saved}; block output "
-                     f"{mem['output']:.2f}; backward transient {mem['backward_peak']:.2f}")
-    for est in report.get("estimates", []):
-        modes = "; ".join(f"{m}: activations {v['activations_gb']:.1f} GB, total {v['total_gb']:.1f} GB"
-                          f"{'' if v['fits'] else ' (does not fit)'}" for m, v in est["per_mode"].items())
-        lines.append(f"\nEstimate {est['preset']} FSDP x{est['devices']} at {est['shape']}: sharded state "
-                     f"{est['sharded_state_gb']:.1f} GB + unsharded blocks {est['unsharded_blocks_gb']:.1f} GB; "
-                     f"{modes}; auto plan {est.get('plan') or 'none'}: total {est.get('plan_total_gb', 0):.1f} GB"
-                     f"{'' if est.get('plan_fits') else ' (does not fit)'}")
-    if report.get("numerics"):
-        n = report["numerics"]
-        lines.append(f"\nNumerics ({n.get('shape')}): passed={n.get('passed')} " + ", ".join(
-            f"{k}={v:.2e}" for k, v in n.items() if k.endswith("rel_err")) + (f" error={n['error']}" if "error" in n else ""))
-    return "\n".join(lines)
-
-
-def _f(x, nd):
-    return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:.{nd}f}"
-
-
-def _pct(x):
-    return "-" if x is None or not math.isfinite(x) else f"{100 * x:.1f} %"
 
 
 def _log(msg: str) -> None:

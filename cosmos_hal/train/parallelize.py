@@ -37,7 +37,7 @@ def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device, *,
     trainer). Call before FSDP, with adapters and the fast attention already installed.
     Returns (modes, the block memory probe, a line for the log)."""
     from cosmos_hal.bench.flops import Shape
-    from cosmos_hal.bench.train_step import forward_loss, make_inputs
+    from cosmos_hal.bench.step import forward_loss, make_inputs
     from cosmos_hal.train import ac
 
     frames = exp.data.num_frames if exp.task == "video2world" else 1
