@@ -7,14 +7,17 @@ recomputed), ``torch.optim.AdamW`` with its default implementation flags, bf16 a
 fp32 master weights.
 
 cosmos_hal path: the same model and inputs through ``cosmos_hal.train.compile.make_fast``
-(fused QK-norm + RoPE processor with the kernel resolved once, per-block selective activation
-checkpointing sized to memory, torch.compile of each block) and the backend's fused AdamW.
+(fused QK-norm + RoPE processor with the kernel resolved once, per-block activation
+checkpointing planned from a one-block memory probe and refined after the first step,
+torch.compile of each block) and the backend's fused AdamW.
 
 Both: random weights (no download), batch 1, synthetic cached latents and text embeddings
 already on the device (the training loop reads cached latents, no VAE/T5 in the step), the
 same loss and gradient clipping, no host synchronisation inside the step.
 
-Every setting runs in its own try/except: an out-of-memory is recorded, not fatal.
+Every setting runs in its own try/except: an out-of-memory is recorded, not fatal. The model
+and inputs are in bench/step.py, the 14B estimate in bench/fsdp_estimate.py, the tables in
+bench/report.py, the profile summary in bench/profile.py.
 """
 
 from __future__ import annotations
