@@ -35,6 +35,8 @@ _attention = importlib.import_module("cosmos_hal.attention")
 class FastCosmosAttnProcessor:
     """Self- and cross-attention of a Cosmos DiT block for training (BSND throughout)."""
 
+    context_parallel = None  # set on self-attention processors by context_parallel.apply_context_parallel
+
     def __init__(self, kernel_name: str, sdpa_backends: list | None):
         self.kernel_name = kernel_name
         self.sdpa_backends = list(sdpa_backends) if sdpa_backends is not None else None
@@ -50,8 +52,15 @@ class FastCosmosAttnProcessor:
         if query.dtype != value.dtype:  # float32 norm weights without autocast: keep one dtype
             query, key = query.to(value.dtype), key.to(value.dtype)
 
+        cp = self.context_parallel if encoder_hidden_states is None else None
+        if cp is not None:  # my tokens, all heads -> all tokens, my heads (train/context_parallel.py)
+            from cosmos_hal.train.context_parallel import heads_to_seq, seq_to_heads
+
+            query, key, value = (seq_to_heads(t, cp) for t in (query, key, value))
         mask = sdpa_mask(attention_mask, batch=query.shape[0], kv_len=key.shape[1])
         out = self._attend(query, key, value, mask)
+        if cp is not None:
+            out = heads_to_seq(out, cp)
         return project_out(attn, out, query.dtype)
 
     def _attend(self, q, k, v, mask):
