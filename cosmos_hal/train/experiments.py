@@ -126,6 +126,8 @@ class Experiment:
     # auto (per block, sized to the device's memory; refined after iteration 1): docs/benchmarks.md
     ac_mode: str = "full"
     fast_attention: bool = False  # FastCosmosAttnProcessor (fused QK-norm + RoPE; train/fast_attention.py)
+    # ranks that split one sample's video tokens (Ulysses, train/context_parallel.py); 1 = off
+    context_parallel: int = 1
     compile: bool = False
     parity: bool = False  # deterministic algorithms + fixed data order
     resume: bool = True
@@ -285,6 +287,11 @@ def validate(exp: Experiment) -> None:
             raise ExperimentError(f"{key}={getattr(exp, key)} must be at least 1")
     if not 1 <= exp.loss.min_cond_frames <= exp.loss.max_cond_frames:
         raise ExperimentError("need 1 <= loss.min_cond_frames <= loss.max_cond_frames")
+    if exp.context_parallel < 1:
+        raise ExperimentError(f"context_parallel={exp.context_parallel} must be at least 1 (1 = off)")
+    if exp.context_parallel > 1 and not exp.fast_attention:
+        raise ExperimentError(f"context_parallel={exp.context_parallel} needs fast_attention=true (its processor does "
+                              "the all-to-alls around the attention kernel)")
 
 
 # -- upstream experiments ---------------------------------------------------------------------
@@ -417,4 +424,5 @@ def describe(exp: Experiment) -> str:
     return (f"{exp.name}: task={exp.task} preset={exp.preset} frames={exp.data.num_frames} "
             f"{exp.data.height}x{exp.data.width} batch={exp.batch_size}x{exp.grad_accum} lr={lr:.3g} ({lr_txt}) "
             f"wd={exp.optim.weight_decay} recipe={exp.loss.recipe} lora={exp.lora.kind} "
-            f"precision={exp.precision} parallelism={exp.parallelism} ac={exp.activation_checkpointing}")
+            f"precision={exp.precision} parallelism={exp.parallelism} ac={exp.activation_checkpointing}"
+            + (f" context_parallel={exp.context_parallel}" if exp.context_parallel > 1 else ""))

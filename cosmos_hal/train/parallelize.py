@@ -47,7 +47,7 @@ def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device, *,
     total = ac.device_total_bytes()
     modes, memory, budget = ac.auto_plan(
         model, lambda: forward_loss(model, inp, amp_dtype=amp, device_type=device.type), total_bytes=total,
-        autocast_dtype=amp, device_type=device.type, batch=exp.batch_size,
+        autocast_dtype=amp, device_type=device.type, batch=exp.batch_size / exp.context_parallel,
         state_shards=world_size if exp.parallelism == "fsdp" else 1)
     del inp
     counts = ", ".join(f"{m} {modes.count(m)}" for m in ac.LADDER if modes.count(m))
@@ -93,11 +93,16 @@ def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def parallelize(model: nn.Module, exp, world, *, ac_modes=None) -> tuple[nn.Module, nn.Module]:
+def parallelize(model: nn.Module, exp, world, *, ac_modes=None, cp=None) -> tuple[nn.Module, nn.Module]:
     """Apply the experiment's techniques; returns (module to call, module that owns the weights).
-    ``ac_modes``: per-block modes already planned (``ac_mode=auto``)."""
+    ``ac_modes``: per-block modes already planned (``ac_mode=auto``); ``cp``: this rank's
+    context-parallel group (train/context_parallel.py), applied after the fast attention."""
     if exp.fast_attention:
         apply_fast_attention(model, world.device)
+    if cp is not None and cp.size > 1:
+        from cosmos_hal.train.context_parallel import apply_context_parallel
+
+        apply_context_parallel(model, cp)
     if exp.activation_checkpointing:
         apply_ac(model, ac_modes if ac_modes is not None else exp.ac_mode)
     if exp.compile:

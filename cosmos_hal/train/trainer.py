@@ -25,6 +25,7 @@ from cosmos_hal import dist, rng
 from cosmos_hal.train import ac
 from cosmos_hal.train import checkpoint as ckpt
 from cosmos_hal.train import loss as losses
+from cosmos_hal.train.context_parallel import data_parallel, make_groups
 from cosmos_hal.train.ema import PowerEMA
 from cosmos_hal.train.experiments import Experiment, describe
 from cosmos_hal.train.metrics import MetricsLogger
@@ -102,7 +103,9 @@ def build_vae_for(exp: Experiment, device):
     return build_vae(vae_source(exp), dtype=dtype, device=device, init_seed=exp.seed)
 
 
-def build_data(exp: Experiment, preset, world):
+def build_data(exp: Experiment, preset, world, *, dp_rank: int | None = None, dp_size: int | None = None):
+    """Dataset and loader; the loader shards samples over the data-parallel ranks (the ranks of
+    one context-parallel group read the same samples)."""
     from cosmos_hal.data.datasets import build_dataset
     from cosmos_hal.data.loader import build_loader
 
@@ -118,8 +121,9 @@ def build_data(exp: Experiment, preset, world):
                             layout=exp.data.layout, seed=exp.seed, skip_bad_samples=exp.data.skip_bad_samples,
                             latent_cache=cache, text_embed_dim=preset.context_dim,
                             num_tokens=preset.text_max_length)
-    loader = build_loader(dataset, batch_size=exp.batch_size, seed=exp.seed, rank=world.rank,
-                          world_size=world.world_size, num_workers=exp.data.num_workers,
+    loader = build_loader(dataset, batch_size=exp.batch_size, seed=exp.seed,
+                          rank=world.rank if dp_rank is None else dp_rank,
+                          world_size=world.world_size if dp_size is None else dp_size, num_workers=exp.data.num_workers,
                           skip_bad_samples=exp.data.skip_bad_samples, shuffle=not exp.parity)
     return dataset, loader
 
@@ -212,12 +216,16 @@ def train(exp: Experiment) -> dict:
     if exp.parity:
         backend.set_deterministic(True)
         exp = dataclasses.replace(exp, logging_iter=1)
-    rng.seed_everything(exp.seed, world.rank)
+    cp = make_groups(world.world_size, world.rank, exp.context_parallel)
+    dp_rank, dp_size = data_parallel(world.world_size, world.rank, exp.context_parallel)
+    rng.seed_everything(exp.seed, dp_rank)  # the ranks of a context-parallel group act as one
     out_dir = exp.resolved_output_dir()
     ckpt_root = os.path.join(out_dir, "checkpoints")
     logger = MetricsLogger(out_dir, enabled=world.is_main, total=exp.max_iter)
     logger.info(describe(exp))
     logger.info(f"backend {backend.name} ({world.dist_backend}), world size {world.world_size}, device {world.device}")
+    if cp.size > 1:
+        logger.info(f"context parallel: {cp.size} ranks split each sample's tokens; data-parallel size {dp_size}")
     logger.info("kernels: " + ", ".join(f"{op}={k.name}" for op, k in _chosen_kernels(backend).items()))
     if not exp.model_path:
         logger.info(f"model_path not set: training {exp.preset} from RANDOM weights (seeded init)")
@@ -232,7 +240,7 @@ def train(exp: Experiment) -> dict:
             apply_fast_attention(model, world.device)
         ac_modes, ac_memory, line = plan_auto_ac(model, exp, preset, world.device, world_size=world.world_size)
         logger.info(line)
-    net, owner = parallelize(model, exp, world, ac_modes=ac_modes)
+    net, owner = parallelize(model, exp, world, ac_modes=ac_modes, cp=cp)
     # after sharding, so each rank's shadows are its own shards (FSDP2) of the live weights
     ema = PowerEMA(owner, exp.ema.gamma, exp.ema.iteration_shift) if exp.ema.enabled else None
 
@@ -244,7 +252,7 @@ def train(exp: Experiment) -> dict:
     optimizer = ops.fused_adamw(params, lr=exp.optim.lr, betas=exp.optim.betas, eps=exp.optim.eps,
                                 weight_decay=exp.optim.weight_decay)
     scheduler = build_scheduler(optimizer, exp.schedule, exp.cycle_length())
-    dataset, loader = build_data(exp, preset, world)
+    dataset, loader = build_data(exp, preset, world, dp_rank=dp_rank, dp_size=dp_size)
 
     iteration = 0
     found = ckpt.latest(ckpt_root) if exp.resume else None
@@ -264,7 +272,7 @@ def train(exp: Experiment) -> dict:
     trainable_only = exp.lora.kind != "none"
     exp_dict = dataclasses.asdict(exp)
     batches = iter(loader)
-    draw_ahead = DrawAhead(exp.loss, seed=exp.seed, rank=world.rank, is_video=is_video)
+    draw_ahead = DrawAhead(exp.loss, seed=exp.seed, rank=dp_rank, is_video=is_video)
     t_window, it_window = time.perf_counter(), 0
     backend.reset_peak_memory()
     allocated_before = ac.device_allocated_bytes()
@@ -324,7 +332,7 @@ def train(exp: Experiment) -> dict:
             record = {
                 "iteration": iteration, "loss": last_loss, "lr": float(lr), "grad_norm": float(grad_norm),
                 "s_per_it": s_per_it,
-                "samples_per_s": exp.batch_size * exp.grad_accum * world.world_size / s_per_it,
+                "samples_per_s": exp.batch_size * exp.grad_accum * dp_size / s_per_it,
                 "mem_gb": memory_gb(backend), "backend": backend.name,
             }
             if len(first_losses) < 10:
