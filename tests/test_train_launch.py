@@ -102,18 +102,23 @@ def test_train_sh_help_exits_zero():
     assert p.returncode == 0 and "--nproc_per_node" in p.stdout
 
 
-def test_context_parallel_two_ranks_match_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def one_process_fast(tmp_path_factory):
+    out = tmp_path_factory.mktemp("one_fast")
+    p = train_sh(f"output_dir={out}", "fast_attention=true", *RUN)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_context_parallel_two_ranks_match_one_process(one_process_fast, tmp_path, parallelism):
     """Two processes that split every sample's tokens (context_parallel=2, one data-parallel
     rank) train exactly as one process with the whole sample."""
-    one = tmp_path / "one"
-    p = train_sh(f"output_dir={one}", "fast_attention=true", *RUN)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    two = tmp_path / "cp2"
-    p = train_sh("--nproc_per_node=2", f"output_dir={two}", "fast_attention=true", "context_parallel=2",
-                 "parallelism=ddp", *RUN)
+    p = train_sh("--nproc_per_node=2", f"output_dir={tmp_path}", "fast_attention=true", "context_parallel=2",
+                 f"parallelism={parallelism}", *RUN)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "context parallel: 2 ranks split each sample's tokens; data-parallel size 1" in p.stdout + p.stderr
-    ref, got = losses(one), losses(two)
+    ref, got = losses(one_process_fast), losses(tmp_path)
     assert sorted(got) == sorted(ref) == [1, 2, 3]
     for it in ref:
         assert abs(got[it] - ref[it]) <= 1e-5 * abs(ref[it]), (it, got[it], ref[it])
