@@ -17,6 +17,8 @@ usage: bash train.sh [--EXP=<experiment>] [--nproc_per_node=N] [--nnodes=N] [--n
   --list            print the experiment names and exit
   key=value         experiment overrides, nested with dots: max_iter=20 optim.lr=1e-4
                     output_dir=/path model_path=/weights dataset_path=/data parity=true
+                    speed: fast_attention=true compile=true ac_mode=auto (docs/benchmarks.md);
+                    memory: context_parallel=2 splits each sample's tokens over 2 ranks
 
 With no arguments it trains the tiny default on whatever hardware there is.
 Logs, metrics.jsonl and checkpoints go to output/<EXP>/ (or output_dir=); a run resumes from
