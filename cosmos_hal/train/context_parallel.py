@@ -86,30 +86,18 @@ def _all_to_all(x: torch.Tensor, cp: ContextParallel, scatter_dim: int, gather_d
     return torch.cat(received, dim=gather_dim)
 
 
-class _SeqToHeads(torch.autograd.Function):
-    """[B, S/N, H, D] -> [B, S, H/N, D]; its backward is the inverse all-to-all."""
+class _AllToAll(torch.autograd.Function):
+    """``_all_to_all`` with autograd: its backward is the inverse all-to-all (dims swapped)."""
 
     @staticmethod
-    def forward(ctx, x, cp):
-        ctx.cp = cp
-        return _all_to_all(x, cp, scatter_dim=2, gather_dim=1)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return _all_to_all(grad, ctx.cp, scatter_dim=1, gather_dim=2), None
-
-
-class _HeadsToSeq(torch.autograd.Function):
-    """[B, S, H/N, D] -> [B, S/N, H, D]; its backward is the inverse all-to-all."""
-
-    @staticmethod
-    def forward(ctx, x, cp):
-        ctx.cp = cp
-        return _all_to_all(x, cp, scatter_dim=1, gather_dim=2)
+    def forward(ctx, x, cp, scatter_dim: int, gather_dim: int):
+        ctx.cp, ctx.dims = cp, (scatter_dim, gather_dim)
+        return _all_to_all(x, cp, scatter_dim=scatter_dim, gather_dim=gather_dim)
 
     @staticmethod
     def backward(ctx, grad):
-        return _all_to_all(grad, ctx.cp, scatter_dim=2, gather_dim=1), None
+        scatter_dim, gather_dim = ctx.dims
+        return _all_to_all(grad, ctx.cp, scatter_dim=gather_dim, gather_dim=scatter_dim), None, None, None
 
 
 class _GatherTokens(torch.autograd.Function):
@@ -131,11 +119,13 @@ class _GatherTokens(torch.autograd.Function):
 
 
 def seq_to_heads(x: torch.Tensor, cp: ContextParallel) -> torch.Tensor:
-    return _SeqToHeads.apply(x, cp)
+    """[B, S/N, H, D] -> [B, S, H/N, D]: my tokens, all heads -> all tokens, my heads."""
+    return _AllToAll.apply(x, cp, 2, 1)
 
 
 def heads_to_seq(x: torch.Tensor, cp: ContextParallel) -> torch.Tensor:
-    return _HeadsToSeq.apply(x, cp)
+    """[B, S, H/N, D] -> [B, S/N, H, D]: the inverse of ``seq_to_heads``."""
+    return _AllToAll.apply(x, cp, 1, 2)
 
 
 def gather_tokens(x: torch.Tensor, cp: ContextParallel) -> torch.Tensor:
