@@ -109,55 +109,43 @@ def test_fast_path_matches_reference_bf16():
 # -- selective checkpointing saves attention ----------------------------------------------------
 
 
-class CountSDPA(TorchDispatchMode):
-    """Counts SDPA aten calls as (query length, key length)."""
+class RecordOps(TorchDispatchMode):
+    """Records ``describe(func, args)`` for every call of one of ``ops``."""
 
-    def __init__(self):
+    def __init__(self, ops, describe):
         super().__init__()
-        self.calls = []
+        self.ops, self.describe, self.calls = tuple(ops), describe, []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in ac.SDPA_OPS:
-            self.calls.append((args[0].shape[-2], args[1].shape[-2]))
+        if func in self.ops:
+            self.calls.append(self.describe(func, args))
         return func(*args, **(kwargs or {}))
+
+
+def record_training_step(ac_mode, ops, describe) -> list:
+    """One fp32 forward + backward of the tiny model under ``ac_mode``, recording ``ops``."""
+    model = build_model(PRESET, torch.device("cpu"), lora_rank=0, seed=1)
+    make_fast(model, ac_modes=ac_mode, compile=False, device="cpu", compute_dtype=torch.float32)
+    inp = make_inputs(PRESET, SHAPE, "cpu", seed=2)
+    recorder = RecordOps(ops, describe)
+    with recorder:
+        forward_loss(model, inp, amp_dtype=None, device_type="cpu").backward()
+    return recorder.calls
 
 
 @pytest.mark.parametrize("mode,self_calls,cross_calls",
                          [("full", 2, 2), ("selective", 1, 2), ("selective_mm", 1, 2), ("none", 1, 1)])
 def test_attention_recomputed_only_where_the_mode_says(mode, self_calls, cross_calls):
-    model = build_model(PRESET, torch.device("cpu"), lora_rank=0, seed=1)
-    make_fast(model, ac_modes=mode, compile=False, device="cpu", compute_dtype=torch.float32)
-    inp = make_inputs(PRESET, SHAPE, "cpu", seed=2)
-    counter = CountSDPA()
-    with counter:
-        forward_loss(model, inp, amp_dtype=None, device_type="cpu").backward()
+    calls = record_training_step(mode, ac.SDPA_OPS, lambda func, args: (args[0].shape[-2], args[1].shape[-2]))
     n, s = PRESET.num_layers, SHAPE.tokens()
-    assert counter.calls, "no SDPA aten op seen: the policy would have nothing to save"
-    assert sum(1 for q, k in counter.calls if q == k == s) == self_calls * n
-    assert sum(1 for q, k in counter.calls if k == SHAPE.text_tokens) == cross_calls * n
-
-
-class CountMatmuls(TorchDispatchMode):
-    """Counts aten.mm/addmm calls by their inner dimension."""
-
-    def __init__(self):
-        super().__init__()
-        self.inner = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in ac.MM_OPS:
-            self.inner.append(ac._mm_inner_dim(func, args))
-        return func(*args, **(kwargs or {}))
+    assert calls, "no SDPA aten op seen: the policy would have nothing to save"
+    assert sum(1 for q, k in calls if q == k == s) == self_calls * n
+    assert sum(1 for q, k in calls if k == SHAPE.text_tokens) == cross_calls * n
 
 
 def _matmul_calls(mode, min_k):
-    model = build_model(PRESET, torch.device("cpu"), lora_rank=0, seed=1)
-    make_fast(model, ac_modes=mode, compile=False, device="cpu", compute_dtype=torch.float32)
-    inp = make_inputs(PRESET, SHAPE, "cpu", seed=2)
-    counter = CountMatmuls()
-    with counter:
-        forward_loss(model, inp, amp_dtype=None, device_type="cpu").backward()
-    return sum(1 for k in counter.inner if k >= min_k), sum(1 for k in counter.inner if k < min_k)
+    inner = record_training_step(mode, ac.MM_OPS, ac._mm_inner_dim)
+    return sum(1 for k in inner if k >= min_k), sum(1 for k in inner if k < min_k)
 
 
 @pytest.mark.parametrize("min_k", [1, PRESET.hidden_size])
