@@ -49,20 +49,23 @@ def initial_latents_for(pipe, req: Request, *, image: bool):
     return noise.initial_latents(req.seed, shape, index=req.index)
 
 
-def video2world(pipe, req: Request) -> np.ndarray:
-    """(T, H, W, 3) uint8 frames of the generated video."""
-    kwargs = dict(
+def _pipe_kwargs(pipe, req: Request, *, image: bool) -> dict:
+    """What both Cosmos pipelines take from a request, with our own initial latents."""
+    return dict(
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
         height=req.height,
         width=req.width,
-        num_frames=req.num_frames,
         num_inference_steps=req.num_steps,
         guidance_scale=req.guidance,
-        latents=initial_latents_for(pipe, req, image=False),
+        latents=initial_latents_for(pipe, req, image=image),
         output_type="np",
-        **req.conditioning,
     )
+
+
+def video2world(pipe, req: Request) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of the generated video."""
+    kwargs = dict(_pipe_kwargs(pipe, req, image=False), num_frames=req.num_frames, **req.conditioning)
     if type(pipe).__name__ != PREDICT25_PIPELINE:  # Predict2.5's pipeline takes no fps
         # Without --fps_scaling the transformer ignores it (rope_fps); either way it is logged.
         kwargs["fps"] = req.fps
@@ -73,16 +76,7 @@ def video2world(pipe, req: Request) -> np.ndarray:
 
 def text2image(pipe, req: Request) -> np.ndarray:
     """(H, W, 3) uint8 image."""
-    out = pipe(
-        prompt=req.prompt,
-        negative_prompt=req.negative_prompt,
-        height=req.height,
-        width=req.width,
-        num_inference_steps=req.num_steps,
-        guidance_scale=req.guidance,
-        latents=initial_latents_for(pipe, req, image=True),
-        output_type="np",
-    )
+    out = pipe(**_pipe_kwargs(pipe, req, image=True))
     return _to_uint8(out.images[0])
 
 
