@@ -67,12 +67,18 @@ class CudaBackend(Backend):
         return torch.cuda.is_bf16_supported()
 
     def memory_stats(self) -> dict[str, float]:
+        free, total = torch.cuda.mem_get_info()  # device-wide: other processes' memory is not free
         return {
             "allocated_gb": torch.cuda.memory_allocated() / 2**30,
             "peak_allocated_gb": torch.cuda.max_memory_allocated() / 2**30,
             "reserved_gb": torch.cuda.memory_reserved() / 2**30,
-            "total_gb": torch.cuda.mem_get_info()[1] / 2**30,  # what activation-checkpoint plans size to
+            "free_gb": free / 2**30,
+            "total_gb": total / 2**30,
         }
+
+    def proven_fast_path(self) -> frozenset[str]:
+        # Measured through train.sh on H100 and H200 (docs/benchmarks.md).
+        return frozenset({"fast_attention", "compile", "ac_auto"})
 
     def reset_peak_memory(self) -> None:
         torch.cuda.reset_peak_memory_stats()

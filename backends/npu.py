@@ -82,11 +82,13 @@ class NpuBackend(Backend):
         torch.npu.conv.allow_hf32 = not enabled
 
     def memory_stats(self) -> dict[str, float]:
+        free, total = torch.npu.mem_get_info()  # device-wide: other processes' memory is not free
         return {
             "allocated_gb": torch.npu.memory_allocated() / 2**30,
             "peak_allocated_gb": torch.npu.max_memory_allocated() / 2**30,
             "reserved_gb": torch.npu.memory_reserved() / 2**30,
-            "total_gb": torch.npu.mem_get_info()[1] / 2**30,  # what activation-checkpoint plans size to
+            "free_gb": free / 2**30,
+            "total_gb": total / 2**30,
         }
 
     def reset_peak_memory(self) -> None:

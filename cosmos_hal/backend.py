@@ -99,9 +99,17 @@ class Backend:
 
     # -- introspection ----------------------------------------------------------------
     def memory_stats(self) -> dict[str, float]:
-        """GiB: ``allocated_gb``, ``peak_allocated_gb``, ``reserved_gb`` and the device's
-        ``total_gb`` where the device has an allocator; {} where it has none (CPU)."""
+        """GiB: ``allocated_gb``, ``peak_allocated_gb``, ``reserved_gb`` (this process), and the
+        device's ``free_gb`` (not held by any process) and ``total_gb``, where the device has an
+        allocator; {} where it has none (CPU). Memory plans size to free + this process's reserved."""
         return {}
+
+    def proven_fast_path(self) -> frozenset[str]:
+        """The parts of the training fast path this backend has been measured to run correctly
+        and faster on real hardware: "fast_attention" (the fused processor), "compile"
+        (torch.compile of each block), "ac_auto" (per-block checkpointing sized to memory).
+        Experiments with ``fast=auto`` (the Predict2/2.5 default) turn on exactly these."""
+        return frozenset()
 
     def reset_peak_memory(self) -> None:
         """Reset the peak counters that :meth:`memory_stats` reports."""

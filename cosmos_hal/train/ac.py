@@ -380,15 +380,56 @@ def device_total_bytes() -> int:
         return 0
 
 
+@dataclass(frozen=True)
+class DeviceBudget:
+    """What this process may plan with: the device memory free at the moment of asking plus what
+    this process already holds (its allocator's reserved bytes), never more than the device.
+
+    Why not the device's total: another process (a rank that outlived a killed run, a second job)
+    may hold part of it, and a plan sized to the total then runs out of memory at step 1."""
+
+    usable: int  # bytes: min(total, free + held)
+    free: int  # bytes free on the device, held by no process
+    held: int  # bytes this process's allocator holds
+    total: int  # the device's bytes
+    headroom: float = 0.10  # fraction of ``usable`` left unplanned (fragmentation, workspaces)
+
+    @property
+    def margin(self) -> int:
+        return int(self.usable * self.headroom)
+
+    def describe(self) -> str:
+        gib = 2**30
+        if not self.total:
+            return "no device memory counters here"
+        taken = max(0, self.total - self.free - self.held)
+        return (f"{self.usable / gib:.1f} GiB usable (free {self.free / gib:.1f} + held by this process "
+                f"{self.held / gib:.1f}, of {self.total / gib:.1f}; {taken / gib:.1f} held by others), "
+                f"margin {self.margin / gib:.1f} GiB ({self.headroom:.0%})")
+
+
+def device_budget(headroom: float = 0.10) -> DeviceBudget:
+    """This process's :class:`DeviceBudget` now, from the backend's ``memory_stats``. A backend
+    that reports no ``free_gb`` is taken at its total; one with no counters gives all zeros."""
+    stats = _stats()
+    gib = 2**30
+    total = device_total_bytes()
+    held = int(float(stats.get("reserved_gb", 0.0)) * gib)
+    free = int(float(stats["free_gb"]) * gib) if "free_gb" in stats else max(0, total - held)
+    usable = min(total, free + held) if total else 0
+    return DeviceBudget(usable=usable, free=free, held=held, total=total, headroom=headroom)
+
+
 def auto_plan(model, forward, *, total_bytes: int, headroom: float = 0.10, autocast_dtype=torch.bfloat16,
-              device_type: str | None = None, batch: int = 1,
-              state_shards: int = 1) -> tuple[list[str], BlockMemory, float]:
+              device_type: str | None = None, batch: int = 1, state_shards: int = 1,
+              bf16_params: bool = False) -> tuple[list[str], BlockMemory, float]:
     """Per-block modes for ``model`` sized to ``total_bytes`` of device memory, in one call.
 
     ``forward()`` runs one real training forward (it is stopped at block 0); block 0 is then
     probed in every mode at those inputs. ``batch``: samples per step when ``forward`` runs
     fewer (activations scale linearly). ``state_shards``: FSDP's world size (weights, grads and
-    optimizer states are split that many ways). Returns (modes, the probe, the activation budget).
+    optimizer states are split that many ways). ``bf16_params``: FSDP2 gathers blocks in bf16
+    (no autocast weight copies; two gathered blocks instead). Returns (modes, the probe, the activation budget).
     Call it after adapters are added and before compile; gradients it makes are cleared."""
     args, kwargs = capture_block_inputs(model, forward)
     memory = probe_block_memory(model, args, kwargs, autocast_dtype=autocast_dtype, device_type=device_type)
@@ -396,7 +437,11 @@ def auto_plan(model, forward, *, total_bytes: int, headroom: float = 0.10, autoc
     model.zero_grad(set_to_none=True)
     del args, kwargs
     gc.collect()
-    persistent = persistent_bytes(model) / max(1, state_shards)
+    if bf16_params:  # FSDP2 bf16 param policy: no autocast copies; two blocks gathered in bf16
+        block_params = sum(p.numel() for p in transformer_blocks(model)[0].parameters())
+        persistent = persistent_bytes(model, autocast_weight_bytes=0) / max(1, state_shards) + 2 * 2 * block_params
+    else:
+        persistent = persistent_bytes(model) / max(1, state_shards)
     budget = activation_budget(total_bytes=total_bytes, persistent_bytes=persistent,
                                backward_peak_bytes=memory.backward_peak, other_bytes=6 * memory.output,
                                headroom=headroom)

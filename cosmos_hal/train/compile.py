@@ -41,11 +41,20 @@ def _inputs_need_grad(model) -> bool:
     return any(p.requires_grad for p in model.parameters() if id(p) not in blocks and id(p) not in after)
 
 
-def compile_blocks(model, *, backend: str = "inductor", mode: str | None = None, dynamic: bool | None = False) -> int:
+ENV_COMPILE_BACKEND = "COSMOS_HAL_COMPILE_BACKEND"
+
+
+def compile_blocks(model, *, backend: str | None = None, mode: str | None = None, dynamic: bool | None = False) -> int:
     """``block.compile()`` for every transformer block; returns how many were compiled.
+
+    ``backend``: torch.compile's backend; default ``$COSMOS_HAL_COMPILE_BACKEND``, else
+    "inductor" ("aot_eager" traces and partitions without code generation: tests, debugging).
 
     With nothing trainable before the blocks (LoRA), block 0's input needs no grad while the
     others' do, which would cost a whole second compile for one block: block 0 stays eager."""
+    import os
+
+    backend = backend or os.environ.get(ENV_COMPILE_BACKEND, "").strip() or "inductor"
     configure_dynamo()
     blocks = _ac.transformer_blocks(model)
     if not _inputs_need_grad(model):

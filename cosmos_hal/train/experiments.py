@@ -122,13 +122,17 @@ class Experiment:
     precision: str = "bf16"  # bf16 (autocast, fp32 master weights) | fp32
     parallelism: str = "fsdp"  # fsdp | ddp (ignored on one process)
     activation_checkpointing: bool = True
+    # The training fast path: auto (each part the backend has proven on real hardware:
+    # Backend.proven_fast_path), on (every part), off (the plain path). An explicit
+    # fast_attention= / compile= / ac_mode= below wins over it (None: follow `fast`).
+    fast: str = "auto"
     # full | selective (keeps self-attention outputs) | selective_mm (also wide matmul outputs) |
-    # auto (per block, sized to the device's memory; refined after iteration 1): docs/benchmarks.md
-    ac_mode: str = "full"
-    fast_attention: bool = False  # FastCosmosAttnProcessor (fused QK-norm + RoPE; train/fast_attention.py)
+    # auto (per block, sized to the device's free memory; refined after iteration 1): docs/benchmarks.md
+    ac_mode: str | None = None
+    fast_attention: bool | None = None  # FastCosmosAttnProcessor (fused QK-norm + RoPE; train/fast_attention.py)
     # ranks that split one sample's video tokens (Ulysses, train/context_parallel.py); 1 = off
     context_parallel: int = 1
-    compile: bool = False
+    compile: bool | None = None
     parity: bool = False  # deterministic algorithms + fixed data order
     resume: bool = True
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -270,14 +274,16 @@ _CHOICES = {
     "task": ("video2world", "text2image"),
     "precision": ("bf16", "fp32"),
     "parallelism": ("fsdp", "ddp"),
-    "ac_mode": ("full", "selective", "selective_mm", "auto"),
+    "ac_mode": (None, "full", "selective", "selective_mm", "auto"),
+    "fast": ("auto", "on", "off"),
 }
 
 
 def validate(exp: Experiment) -> None:
     for key, choices in _CHOICES.items():
         if getattr(exp, key) not in choices:
-            raise ExperimentError(f"{key}={getattr(exp, key)!r}: choose one of {', '.join(choices)}")
+            raise ExperimentError(f"{key}={getattr(exp, key)!r}: choose one of "
+                                  f"{', '.join(c for c in choices if c is not None)}")
     if exp.loss.recipe not in ("predict2", "predict2.5"):
         raise ExperimentError(f"loss.recipe={exp.loss.recipe!r}: choose predict2 or predict2.5")
     if exp.lora.kind not in ("none", "lora", "dora"):
@@ -289,9 +295,38 @@ def validate(exp: Experiment) -> None:
         raise ExperimentError("need 1 <= loss.min_cond_frames <= loss.max_cond_frames")
     if exp.context_parallel < 1:
         raise ExperimentError(f"context_parallel={exp.context_parallel} must be at least 1 (1 = off)")
-    if exp.context_parallel > 1 and not exp.fast_attention:
+    if exp.context_parallel > 1 and exp.fast_attention is False:
         raise ExperimentError(f"context_parallel={exp.context_parallel} needs fast_attention=true (its processor does "
                               "the all-to-alls around the attention kernel)")
+
+
+FAST_PARTS = ("fast_attention", "compile", "ac_auto")
+
+
+def resolve_fast_path(exp: Experiment, proven: frozenset[str] | set[str]) -> tuple[Experiment, str]:
+    """``exp`` with fast_attention, compile and ac_mode decided, and a line for the log.
+
+    ``fast=auto`` turns on the parts in ``proven`` (the backend's ``proven_fast_path()``),
+    ``fast=on`` all of them, ``fast=off`` none; a value the user set explicitly always wins.
+    context_parallel > 1 needs the fast processor, so it turns fast_attention on."""
+    wanted = {"auto": set(proven), "on": set(FAST_PARTS), "off": set()}[exp.fast]
+    exp = copy.deepcopy(exp)
+    explicit = [k for k in ("fast_attention", "compile", "ac_mode") if getattr(exp, k) is not None]
+    if exp.fast_attention is None:
+        exp.fast_attention = "fast_attention" in wanted or exp.context_parallel > 1
+    if exp.compile is None:
+        exp.compile = "compile" in wanted
+    if exp.ac_mode is None:
+        exp.ac_mode = "auto" if "ac_auto" in wanted else "full"
+    validate(exp)
+    parts = (f"fast_attention={str(exp.fast_attention).lower()} compile={str(exp.compile).lower()} "
+             f"ac_mode={exp.ac_mode if exp.activation_checkpointing else 'off'}")
+    why = {"auto": "proven on this backend: " + (", ".join(sorted(proven)) or "none"),
+           "on": "fast=on", "off": "fast=off"}[exp.fast]
+    line = f"fast path ({why}): {parts}" + (f" (set explicitly: {', '.join(explicit)})" if explicit else "")
+    if exp.fast == "auto" and set(proven) != set(FAST_PARTS):
+        line += "; fast=on turns on the rest, fast=off none"
+    return exp, line
 
 
 # -- upstream experiments ---------------------------------------------------------------------
@@ -395,9 +430,11 @@ def predict25_video2world_dora_rank32_gr1() -> Experiment:
 
 
 def _tiny(task: str) -> Experiment:
+    """Quick everywhere: no compile or memory probe (fast=off) for a model of a few MB."""
     video = task == "video2world"
     return Experiment(
         task=task, preset="tiny" if video else "tiny-t2i", max_iter=60, save_iter=30, logging_iter=5, keep_last=2,
+        fast="off",
         batch_size=4, precision="fp32", parallelism="ddp", activation_checkpointing=False,
         optim=OptimConfig(lr=2e-3, weight_decay=0.1),
         schedule=ScheduleConfig(warmup_steps=5, f_start=0.1, f_max=1.0, f_min=0.1),
@@ -424,5 +461,5 @@ def describe(exp: Experiment) -> str:
     return (f"{exp.name}: task={exp.task} preset={exp.preset} frames={exp.data.num_frames} "
             f"{exp.data.height}x{exp.data.width} batch={exp.batch_size}x{exp.grad_accum} lr={lr:.3g} ({lr_txt}) "
             f"wd={exp.optim.weight_decay} recipe={exp.loss.recipe} lora={exp.lora.kind} "
-            f"precision={exp.precision} parallelism={exp.parallelism} ac={exp.activation_checkpointing}"
+            f"precision={exp.precision} parallelism={exp.parallelism} ac={exp.activation_checkpointing} fast={exp.fast}"
             + (f" context_parallel={exp.context_parallel}" if exp.context_parallel > 1 else ""))

@@ -30,12 +30,29 @@ def apply_ac(model: nn.Module, mode="full") -> nn.Module:
     return model
 
 
+def shared_budget(headroom: float = 0.10):
+    """This rank's :class:`ac.DeviceBudget` with ``usable`` lowered to the smallest of all ranks,
+    so every rank plans (and refines) the same per-block modes."""
+    import dataclasses
+
+    from cosmos_hal import dist
+    from cosmos_hal.train import ac
+
+    budget = ac.device_budget(headroom)
+    usable_gib = dist.all_reduce_scalar(budget.usable / 2**30, "min") if dist.world().world_size > 1 else None
+    if usable_gib is not None:
+        budget = dataclasses.replace(budget, usable=min(budget.usable, int(usable_gib * 2**30)))
+    return budget
+
+
 def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device, *,
-                 world_size: int = 1) -> tuple[list[str], object, str]:
-    """``ac_mode=auto``: per-block modes sized to this device's memory from a one-block probe at
-    the experiment's shape (train/ac.py ``auto_plan``; refined after the first iteration by the
-    trainer). Call before FSDP, with adapters and the fast attention already installed.
-    Returns (modes, the block memory probe, a line for the log)."""
+                 world_size: int = 1) -> tuple[list[str], object, object, str]:
+    """``ac_mode=auto``: per-block modes sized to the device memory this run may use (free at
+    start plus what it already holds, the smallest of all ranks, less a 10 % margin;
+    ``shared_budget``), from a one-block probe at the experiment's shape (train/ac.py
+    ``auto_plan``; refined after the first iteration by the trainer). Call before FSDP, with
+    adapters and the fast attention already installed.
+    Returns (modes, the block memory probe, the budget, a line for the log)."""
     from cosmos_hal.bench.flops import Shape
     from cosmos_hal.bench.step import forward_loss, make_inputs
     from cosmos_hal.train import ac
@@ -44,19 +61,25 @@ def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device, *,
     shape = Shape(frames, exp.data.height, exp.data.width, text_tokens=preset.text_max_length)
     inp = make_inputs(preset, shape, device, seed=exp.seed)
     amp = torch.bfloat16 if exp.precision == "bf16" else None
-    total = ac.device_total_bytes()
-    modes, memory, budget = ac.auto_plan(
-        model, lambda: forward_loss(model, inp, amp_dtype=amp, device_type=device.type), total_bytes=total,
-        autocast_dtype=amp, device_type=device.type, batch=exp.batch_size / exp.context_parallel,
-        state_shards=world_size if exp.parallelism == "fsdp" else 1)
+    budget = shared_budget()
+    fsdp = exp.parallelism == "fsdp" and world_size > 1
+    modes, memory, act_budget = ac.auto_plan(
+        model, lambda: forward_loss(model, inp, amp_dtype=amp, device_type=device.type), total_bytes=budget.usable,
+        headroom=budget.headroom, autocast_dtype=amp, device_type=device.type,
+        batch=exp.batch_size / exp.context_parallel, state_shards=world_size if fsdp else 1,
+        bf16_params=fsdp and amp is not None)
     del inp
     counts = ", ".join(f"{m} {modes.count(m)}" for m in ac.LADDER if modes.count(m))
-    if not total or not any(memory.saved.values()):
-        return modes, memory, ("activation checkpointing auto: no device memory counters here, every block "
-                               f"selective ({counts})")
-    return modes, memory, (f"activation checkpointing auto: {counts} (activation budget {budget / 2**30:.1f} GiB of "
-                   f"{total / 2**30:.1f}; per block, GiB: " + ", ".join(
-                       f"{m} {v / 2**30:.2f}" for m, v in memory.saved.items()) + ")")
+    if not budget.total:
+        return modes, memory, budget, ("activation checkpointing auto: no device memory counters here, every block "
+                                       f"selective ({counts})")
+    if not any(memory.saved.values()):
+        return modes, memory, budget, ("activation checkpointing auto: the block probe measured nothing, every "
+                                       f"block selective ({counts}; memory {budget.describe()})")
+    return modes, memory, budget, (
+        f"activation checkpointing auto: {counts} (memory {budget.describe()}; activation budget "
+        f"{act_budget / 2**30:.1f} GiB; per block, GiB: " + ", ".join(
+            f"{m} {v / 2**30:.2f}" for m, v in memory.saved.items()) + ")")
 
 
 def apply_fast_attention(model: nn.Module, device: torch.device) -> nn.Module:
@@ -75,13 +98,20 @@ def apply_compile(model: nn.Module) -> nn.Module:
     return model
 
 
-def apply_fsdp(model: nn.Module, *, reshard_after_forward: bool = True) -> nn.Module:
-    """FSDP2: shard each block, then the root. Parameters stay fp32 (autocast computes in bf16)."""
-    from torch.distributed.fsdp import fully_shard
+def apply_fsdp(model: nn.Module, *, reshard_after_forward: bool = True,
+               param_dtype: torch.dtype | None = None) -> nn.Module:
+    """FSDP2: shard each block, then the root. The sharded parameters (the master weights, and
+    the optimizer's view) stay fp32. With ``param_dtype=torch.bfloat16`` (under bf16 training)
+    blocks are gathered and computed in bf16 and gradients reduced in fp32, as torchtitan's
+    ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``: half the all-gather bytes, and
+    no autocast copy of each weight held through the forward."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    mp = (MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+          if param_dtype is not None else MixedPrecisionPolicy())
     for block in transformer_blocks(model):
-        fully_shard(block, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, reshard_after_forward=reshard_after_forward, mp_policy=mp)
+    fully_shard(model, reshard_after_forward=reshard_after_forward, mp_policy=mp)
     return model
 
 
@@ -108,7 +138,7 @@ def parallelize(model: nn.Module, exp, world, *, ac_modes=None, cp=None) -> tupl
     if exp.compile:
         apply_compile(model)
     if world.world_size > 1 and exp.parallelism == "fsdp":
-        apply_fsdp(model)
+        apply_fsdp(model, param_dtype=torch.bfloat16 if exp.precision == "bf16" else None)
         return model, model
     if world.world_size > 1:
         return apply_ddp(model, world.device), model

@@ -27,7 +27,7 @@ from cosmos_hal.train import checkpoint as ckpt
 from cosmos_hal.train import loss as losses
 from cosmos_hal.train.context_parallel import data_parallel, make_groups
 from cosmos_hal.train.ema import PowerEMA
-from cosmos_hal.train.experiments import Experiment, describe
+from cosmos_hal.train.experiments import Experiment, describe, resolve_fast_path
 from cosmos_hal.train.metrics import MetricsLogger
 from cosmos_hal.train.parallelize import apply_fast_attention, parallelize, plan_auto_ac, set_grad_sync
 from cosmos_hal.train.schedule import build_scheduler
@@ -194,15 +194,19 @@ def memory_gb(backend) -> float:
 # -- the loop -----------------------------------------------------------------------------------
 
 
-def refine_ac(model, memory, allocated_before: int, logger) -> None:
+def refine_ac(model, memory, budget, allocated_before: int, logger) -> None:
     """``ac_mode=auto`` after the first iteration: upgrade the per-block plan into the memory it
-    left free (ac.refine_modes; its peak plus the optimizer state it created). Every rank uses
-    the smallest free memory of all ranks, so all ranks run the same plan."""
+    left free (ac.refine_modes; its peak plus the optimizer state it created), within the smaller
+    of the budget at start and the one now (another process may have taken memory since). Every
+    rank uses the largest peak and the smallest budget of all ranks, so all run the same plan."""
+    from cosmos_hal.train.parallelize import shared_budget
+
     current = ac.block_modes(model)
     grown = max(0, ac.device_allocated_bytes() - allocated_before)
     peak = ac.device_peak_bytes() + grown
-    peak = int(dist.all_reduce_scalar(float(peak), "max"))
-    new = ac.refine_modes(current, memory, total_bytes=ac.device_total_bytes(), peak_bytes=peak)
+    peak = int(dist.all_reduce_scalar(peak / 2**30, "max") * 2**30)
+    usable = min(budget.usable, shared_budget(budget.headroom).usable)
+    new = ac.refine_modes(current, memory, total_bytes=usable, peak_bytes=peak, headroom=budget.headroom)
     if new != current:
         ac.set_block_modes(model, new)
         logger.info("activation checkpointing auto, refined after the first iteration (peak "
@@ -222,7 +226,9 @@ def train(exp: Experiment) -> dict:
     out_dir = exp.resolved_output_dir()
     ckpt_root = os.path.join(out_dir, "checkpoints")
     logger = MetricsLogger(out_dir, enabled=world.is_main, total=exp.max_iter)
+    exp, fast_line = resolve_fast_path(exp, backend.proven_fast_path())
     logger.info(describe(exp))
+    logger.info(fast_line)
     logger.info(f"backend {backend.name} ({world.dist_backend}), world size {world.world_size}, device {world.device}")
     if cp.size > 1:
         logger.info(f"context parallel: {cp.size} ranks split each sample's tokens; data-parallel size {dp_size}")
@@ -234,13 +240,17 @@ def train(exp: Experiment) -> dict:
 
     model, preset = build_model(exp, world.device)
     vae = build_vae_for(exp, world.device)
-    ac_modes = ac_memory = None
+    ac_modes = ac_memory = ac_budget = None
     if exp.activation_checkpointing and exp.ac_mode == "auto":
         if exp.fast_attention:  # so the probe measures the processor that will run
             apply_fast_attention(model, world.device)
-        ac_modes, ac_memory, line = plan_auto_ac(model, exp, preset, world.device, world_size=world.world_size)
+        ac_modes, ac_memory, ac_budget, line = plan_auto_ac(model, exp, preset, world.device,
+                                                            world_size=world.world_size)
         logger.info(line)
     net, owner = parallelize(model, exp, world, ac_modes=ac_modes, cp=cp)
+    if world.world_size > 1 and exp.parallelism == "fsdp":
+        logger.info("FSDP2: master weights float32 (sharded), blocks gathered and computed in "
+                    f"{'bfloat16' if exp.precision == 'bf16' else 'float32'}, gradients reduced in float32")
     # after sharding, so each rank's shadows are its own shards (FSDP2) of the live weights
     ema = PowerEMA(owner, exp.ema.gamma, exp.ema.iteration_shift) if exp.ema.enabled else None
 
@@ -316,7 +326,7 @@ def train(exp: Experiment) -> dict:
             ema.update(owner, iteration)
         optimizer.zero_grad()
         if ac_memory is not None and iteration == start_iteration:
-            refine_ac(model, ac_memory, allocated_before, logger)
+            refine_ac(model, ac_memory, ac_budget, allocated_before, logger)
         iteration += 1
         it_window += 1
         logger.step()
