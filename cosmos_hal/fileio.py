@@ -1,6 +1,8 @@
 """Atomic file writes: every output (videos, images, captions, T5 pickles, latent cache
 entries, checkpoint pointers, reports, plots) goes to a temporary name beside its target and
-is renamed into place, so a crash never leaves a half-written file under the real name."""
+is renamed into place, so a crash never leaves a half-written file under the real name.
+The file ends up with the mode ``open()`` would give it (0666 less the umask), not
+mkstemp's private 0600, so shared output folders stay readable as the user expects."""
 
 from __future__ import annotations
 
@@ -8,6 +10,21 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
+
+
+def current_umask() -> int:
+    """The process umask. Linux reports it in /proc/self/status; elsewhere it is read by
+    setting and restoring it (a brief window in which another thread's new files get 022)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -20,6 +37,7 @@ def written_atomically(path, suffix: str = ""):
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + suffix, dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         yield tmp
         os.replace(tmp, path)
