@@ -2,8 +2,9 @@
 
 The root is the folder that holds ``cosmos_predict2/`` (and, for the wheel and the git
 repository alike, ``imaginaire/``); fix files name paths relative to it. The version comes
-from the wheel's dist-info, or from ``git rev-parse HEAD``; a release whose files are
-byte-identical to a known one (by sha256) is recognised by content too.
+from the wheel's dist-info, or from ``git rev-parse HEAD``; a target with neither whose files
+are byte-identical to a known release's (by sha256) is recognised by content. A version we do
+not support is refused (the caller's --force overrides), whatever its content.
 """
 
 from __future__ import annotations
@@ -90,8 +91,22 @@ def sha256_file(path: str) -> str | None:
         return None
 
 
+def content_check(target: Target, v: KnownVersion) -> tuple[bool, str]:
+    """Whether the files the fixes touch are byte-identical to release ``v``'s, and what differs."""
+    differ = [rel for rel, digest in v.files.items() if sha256_file(target.path(rel)) != digest]
+    if not differ:
+        return True, f"the {len(v.files)} files the fixes touch are byte-identical to release {v.name}'s"
+    shown = ", ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+    return False, f"{len(differ)} of the {len(v.files)} files the fixes touch differ from release {v.name}'s ({shown})"
+
+
 def identify(target: Target, known: list[KnownVersion]) -> tuple[KnownVersion | None, str]:
-    """The known release this target is, and how that was decided (or why it is unknown)."""
+    """The known release this target is, and how that was decided (or why it is unknown).
+
+    A dist-info version or git commit we support decides. A target that says nothing about its
+    version is recognised by content (the files the fixes touch are byte-identical to a known
+    release's). A target that names a version we do not support stays unknown even when its
+    files match: the message reports the content check, and --force is the user's call."""
     for v in known:
         if target.dist_version and v.pypi and target.dist_version == v.pypi:
             return v, f"dist-info says cosmos-predict2 {target.dist_version}"
@@ -99,9 +114,12 @@ def identify(target: Target, known: list[KnownVersion]) -> tuple[KnownVersion | 
         for c in v.commits:
             if target.commit and (target.commit.startswith(c) or c.startswith(target.commit)):
                 return v, f"git HEAD {target.commit[:12]} is release {v.name}"
-    for v in known:
-        if v.files and all(sha256_file(target.path(rel)) == digest for rel, digest in v.files.items()):
-            return v, f"the {len(v.files)} files the fixes touch are byte-identical to release {v.name}'s"
+    checks = [(v, *content_check(target, v)) for v in known if v.files]
+    matches = [(v, how) for v, ok, how in checks if ok]
     found = target.dist_version and f"version {target.dist_version}" or \
-        target.commit and f"commit {target.commit[:12]}" or "no version information"
-    return None, f"unknown cosmos-predict2 ({found}); supported: " + "; ".join(v.describe() for v in known)
+        target.commit and f"commit {target.commit[:12]}" or None
+    if matches and not found:
+        return matches[0]
+    content = "; ".join(how for _, how in matches) or "; ".join(how for _, _, how in checks)
+    return None, (f"unknown cosmos-predict2 ({found or 'no version information'}); supported: "
+                  + "; ".join(v.describe() for v in known) + (f"; content check: {content}" if content else ""))
