@@ -1,4 +1,4 @@
-"""LoRA / DoRA adapters on the Cosmos DiT through peft, saved in diffusers' LoRA format.
+"""LoRA / DoRA / LoKr adapters on the Cosmos DiT through peft, saved in diffusers' LoRA format.
 
 Why diffusers' format: a file written here (``pytorch_lora_weights.safetensors``, keys
 ``transformer.<module>.lora_A.weight`` / ``lora_B.weight`` / ``lora_magnitude_vector``, plus
@@ -18,11 +18,26 @@ Target modules are those of the diffusers Cosmos LoRA recipe: in each block ``at
 ``attn2``'s ``to_q``, ``to_k``, ``to_v``, ``to_out.0`` and the MLP's ``ff.net.0.proj`` and
 ``ff.net.2`` (10 Linear layers per block; 280 on the 28-block 2B). Adapter weights are kept
 in fp32 even when the base model is bf16, so small updates are not rounded away.
+
+LoKr (peft ``LoKrConfig``; the LyCORIS LoKr of SimpleTuner's Cosmos2 recipe): each adapted
+Linear adds scale x kron(w1, w2), w1 of (out/f x in/f) for decompose factor f, w2 full or
+(rank-decomposed) w2_a @ w2_b. Its file uses the same name and prefix with peft's keys
+``transformer.<module>.lokr_w1`` / ``lokr_w2[_a|_b]`` and the scale folded into ``lokr_w1``;
+diffusers' ``load_lora_adapter`` reads it (``_create_lokr_config`` in diffusers/utils/peft_utils.py).
+
+Initialisation is peft's own (``init_lora_weights=True``, as upstream cosmos-predict2 and
+diffusers' examples/cosmos/train_cosmos_predict25_lora.py use): lora_A and LoKr's random
+factors kaiming-uniform U(-1/sqrt(fan_in), 1/sqrt(fan_in)), lora_B and w1 zero. ``init="gaussian"``
+(lora_A ~ N(0, 1/rank), 2.5x to 20x larger at the 2B shape) stays available for LoRA/DoRA.
+The random factors are re-drawn, same distribution, from ``cosmos_hal.rng`` keyed by (seed,
+parameter name): the same seed gives the same adapter on every machine.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tempfile
 import zlib
 from pathlib import Path
@@ -36,19 +51,72 @@ DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.
 ADAPTER_NAME = "default"
 
 
-def lora_config(rank: int, alpha: float | None = None, *, use_dora: bool = False, targets=DEFAULT_TARGETS, init="gaussian"):
-    """A peft ``LoraConfig`` for the Cosmos DiT (alpha defaults to rank: scale 1)."""
-    from peft import LoraConfig
+KINDS = ("lora", "dora", "lokr")
+INITS = ("peft", "gaussian")
+# Adapter tensors peft draws at random with init_lora_weights / init_weights=True (kaiming-uniform,
+# a=sqrt(5)); the others (lora_B, lokr_w1, lokr_w1_a) start at zero, magnitudes at the weight norm.
+_RANDOM_PARTS = ("lora_A", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2")
+# Where the module's scale is folded in on export: one factor of each product.
+_SCALED_PARTS = ("lora_B", "lokr_w1", "lokr_w1_a")
+ADAPTER_KEY = re.compile(
+    r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_magnitude_vector|lokr_w1|lokr_w1_a|lokr_w1_b|lokr_w2|lokr_w2_a"
+    r"|lokr_w2_b|lokr_t2)(?:\.(?P<leaf>weight|bias))?$"
+)
 
+
+def adapter_config(kind: str, rank: int, alpha: float | None = None, *, factor: int = -1, targets=DEFAULT_TARGETS,
+                   init: str = "peft"):
+    """A peft ``LoraConfig`` (kind lora / dora) or ``LoKrConfig`` (lokr) for the Cosmos DiT; alpha defaults to rank."""
+    if kind not in KINDS:
+        raise ValueError(f"adapter kind {kind!r}: choose one of {', '.join(KINDS)}")
     if rank <= 0:
         raise ValueError(f"LoRA rank must be positive, got {rank}")
+    if init not in INITS:
+        raise ValueError(f"adapter init {init!r}: choose peft (peft's default, kaiming-uniform) or gaussian")
+    alpha = float(alpha if alpha is not None else rank)
+    if kind == "lokr":
+        from peft import LoKrConfig
+
+        if init != "peft":
+            raise ValueError("init=gaussian is a LoRA/DoRA option; LoKr uses peft's init (w1 zero, w2 kaiming-uniform)")
+        if factor == 0 or factor < -1:
+            raise ValueError(f"LoKr factor {factor}: give a positive decompose factor (e.g. 4) or -1 (near square)")
+        return LoKrConfig(r=int(rank), alpha=alpha, decompose_factor=int(factor), target_modules=list(targets),
+                          init_weights=True)
+    from peft import LoraConfig
+
     return LoraConfig(
         r=int(rank),
-        lora_alpha=float(alpha if alpha is not None else rank),
-        init_lora_weights=init,
+        lora_alpha=alpha,
+        init_lora_weights=True if init == "peft" else "gaussian",
         target_modules=list(targets),
-        use_dora=bool(use_dora),
+        use_dora=kind == "dora",
     )
+
+
+def lora_config(rank: int, alpha: float | None = None, *, use_dora: bool = False, targets=DEFAULT_TARGETS,
+                init: str = "peft"):
+    """A peft ``LoraConfig`` for the Cosmos DiT (alpha defaults to rank: scale 1)."""
+    return adapter_config("dora" if use_dora else "lora", rank, alpha, targets=targets, init=init)
+
+
+def _adapter_part(name: str) -> str | None:
+    """The peft adapter tensor a parameter name holds (``lora_A``, ``lokr_w2``, ...), else None."""
+    parts = name.split(".")
+    return next((p for p in parts if p.startswith(("lora_", "lokr_"))), None)
+
+
+def init_draw(name: str, shape, *, seed: int, init: str = "peft", rank: int = 1) -> torch.Tensor:
+    """The hardware-independent initial value of the random adapter tensor ``name``.
+
+    peft's ``kaiming_uniform_(w, a=sqrt(5))`` is U(-b, b) with b = sqrt(6 / (1 + 5) / fan_in)
+    = 1/sqrt(fan_in) (std 1/sqrt(3 fan_in)); the same distribution is drawn here from
+    cosmos_hal.rng, so it does not depend on the device's generator. "gaussian": N(0, 1/rank)."""
+    key = rng.Key(seed, "lora_init", index=zlib.crc32(name.encode()))
+    if init == "gaussian":
+        return rng.normal(key, tuple(shape), std=1.0 / rank)
+    bound = 1.0 / math.sqrt(math.prod(shape[1:]))
+    return rng.uniform(key, tuple(shape), low=-bound, high=bound)
 
 
 def _fork_rng_of(model):
@@ -60,27 +128,30 @@ def _fork_rng_of(model):
 
 
 def add_adapters(
-    model, rank: int, alpha: float | None = None, *, use_dora: bool = False, targets=DEFAULT_TARGETS,
-    adapter_name: str = ADAPTER_NAME, seed: int = 0,
+    model, rank: int, alpha: float | None = None, *, use_dora: bool = False, kind: str | None = None,
+    factor: int = -1, init: str = "peft", targets=DEFAULT_TARGETS, adapter_name: str = ADAPTER_NAME, seed: int = 0,
 ) -> int:
-    """Freeze ``model``, inject a LoRA (or DoRA) adapter, keep it in fp32; returns trainable params.
+    """Freeze ``model``, inject a LoRA, DoRA or LoKr adapter, keep it in fp32; returns trainable params.
 
-    lora_A is drawn from cosmos_hal.rng (N(0, 1/rank), peft's "gaussian" init) keyed by
-    (seed, module name), so it is the same on every machine and leaves torch's generators
-    untouched; lora_B starts at zero, so the adapted model starts equal to the base."""
+    ``kind`` (lora | dora | lokr) defaults to dora with ``use_dora`` else lora; ``factor`` is
+    LoKr's decompose factor. The random factors are re-drawn by ``init_draw`` (peft's
+    distribution, keyed by seed and name), leaving torch's generators untouched; the zero
+    factor (lora_B, lokr_w1) stays zero, so the adapted model starts equal to the base."""
+    kind = kind or ("dora" if use_dora else "lora")
+    config = adapter_config(kind, rank, alpha, factor=factor, targets=targets, init=init)
     model.requires_grad_(False)
     with _fork_rng_of(model):
-        model.add_adapter(lora_config(rank, alpha, use_dora=use_dora, targets=targets), adapter_name=adapter_name)
+        model.add_adapter(config, adapter_name=adapter_name)
     n = 0
     for name, p in model.named_parameters():
         if p.requires_grad:
-            if "lora_" not in name:
+            part = _adapter_part(name)
+            if part is None:
                 raise RuntimeError(f"add_adapters: non-adapter parameter {name} is trainable")
             p.data = p.data.float()
-            if ".lora_A." in name and not p.is_meta:
-                key = rng.Key(seed, "lora_init", index=zlib.crc32(name.encode()))
+            if part in _RANDOM_PARTS and not p.is_meta:
                 with torch.no_grad():
-                    p.copy_(rng.normal(key, tuple(p.shape), std=1.0 / rank))
+                    p.copy_(init_draw(name, p.shape, seed=seed, init=init, rank=rank))
             n += p.numel()
     if n == 0:
         raise RuntimeError(f"add_adapters: no module matched the targets {list(targets)}")
@@ -95,37 +166,40 @@ def adapter_state_dict(model, adapter_name: str = ADAPTER_NAME) -> dict:
 
 
 def adapter_scales(model, adapter_name: str = ADAPTER_NAME) -> dict[str, float]:
-    """Module name -> peft's ``scaling`` (alpha / r, or alpha / sqrt(r) with rsLoRA)."""
-    from peft.tuners.lora import LoraLayer
+    """Module name -> peft's ``scaling`` (alpha / r, or alpha / sqrt(r) with rsLoRA; LoKr alpha / r)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     return {
         name: float(module.scaling[adapter_name])
         for name, module in model.named_modules()
-        if isinstance(module, LoraLayer) and adapter_name in module.scaling
+        if isinstance(module, BaseTunerLayer) and adapter_name in getattr(module, "scaling", {})
     }
 
 
 def export_state_dict(model, adapter_name: str = ADAPTER_NAME, state_dict: dict | None = None) -> dict:
-    """Adapter tensors for the file: ``lora_B`` multiplied by its module's scale (see module doc)."""
+    """Adapter tensors for the file: ``lora_B`` (LoKr: ``lokr_w1``) times its module's scale (see module doc)."""
     layers = state_dict if state_dict is not None else adapter_state_dict(model, adapter_name)
     scales = adapter_scales(model, adapter_name)
     out = {}
     for key, value in layers.items():
         value = value.detach().to("cpu").float().contiguous()
-        if ".lora_B." in key:
-            module = key.split(".lora_B.")[0]
-            if module not in scales:
-                raise KeyError(f"export_state_dict: no LoRA layer {module} in the model for {key}")
-            value = value * scales[module]
+        m = ADAPTER_KEY.match(key)
+        if m is not None and m.group("part") in _SCALED_PARTS:
+            if m.group("module") not in scales:
+                raise KeyError(f"export_state_dict: no adapter layer {m.group('module')} in the model for {key}")
+            value = value * scales[m.group("module")]
         out[key] = value
     return out
 
 
 def adapter_metadata(model, adapter_name: str = ADAPTER_NAME) -> dict:
-    """The LoraConfig for the file, with alpha == r because the scale is folded into lora_B."""
+    """The peft config for the file, with alpha == r because the scale is folded into the weights."""
     config = model.peft_config[adapter_name].to_dict()
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    config.update(lora_alpha=config["r"], alpha_pattern=dict(config.get("rank_pattern") or {}), use_rslora=False)
+    if "lora_alpha" in config:
+        config.update(lora_alpha=config["r"], alpha_pattern=dict(config.get("rank_pattern") or {}), use_rslora=False)
+    else:  # LoKrConfig
+        config.update(alpha=config["r"], alpha_pattern=dict(config.get("rank_pattern") or {}))
     return config
 
 
@@ -192,10 +266,10 @@ def trainable_parameter_names(model) -> list[str]:
 
 
 def apply_lora(model, *, rank: int, alpha: float | None = None, target_modules=DEFAULT_TARGETS,
-               use_dora: bool = False, seed: int = 0, adapter_name: str = ADAPTER_NAME) -> int:
-    """Keyword-style spelling of ``add_adapters`` (the trainer's call)."""
+               use_dora: bool = False, seed: int = 0, adapter_name: str = ADAPTER_NAME, **kwargs) -> int:
+    """Keyword-style spelling of ``add_adapters`` (kind=, factor=, init= pass through)."""
     return add_adapters(model, rank, alpha, use_dora=use_dora, targets=tuple(target_modules) or DEFAULT_TARGETS,
-                        adapter_name=adapter_name, seed=seed)
+                        adapter_name=adapter_name, seed=seed, **kwargs)
 
 
 def save_lora_weights(model, out_dir, **kwargs) -> Path:

@@ -77,12 +77,16 @@ class EMAConfig:
 
 @dataclass
 class LoraConfig:
-    """Adapters through peft. kind: none | lora | dora."""
+    """Adapters through peft (models/lora.py). kind: none | lora | dora | lokr.
+    factor: LoKr's decompose factor (seed 002 uses 4; -1 = near square). init: peft (peft's
+    default, kaiming-uniform lora_A, as upstream) | gaussian (lora_A ~ N(0, 1/rank); LoRA/DoRA)."""
 
     kind: str = "none"
     rank: int = 16
     alpha: int = 16
     target_modules: str = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
+    factor: int = -1
+    init: str = "peft"
 
 
 @dataclass
@@ -286,8 +290,14 @@ def validate(exp: Experiment) -> None:
                                   f"{', '.join(c for c in choices if c is not None)}")
     if exp.loss.recipe not in ("predict2", "predict2.5"):
         raise ExperimentError(f"loss.recipe={exp.loss.recipe!r}: choose predict2 or predict2.5")
-    if exp.lora.kind not in ("none", "lora", "dora"):
-        raise ExperimentError(f"lora.kind={exp.lora.kind!r}: choose none, lora or dora")
+    if exp.lora.kind not in ("none", "lora", "dora", "lokr"):
+        raise ExperimentError(f"lora.kind={exp.lora.kind!r}: choose none, lora, dora or lokr")
+    if exp.lora.init not in ("peft", "gaussian") or (exp.lora.init == "gaussian" and exp.lora.kind == "lokr"):
+        raise ExperimentError(f"lora.init={exp.lora.init!r} with lora.kind={exp.lora.kind}: choose peft "
+                              "(peft's default init), or gaussian for lora/dora")
+    if exp.lora.factor == 0 or exp.lora.factor < -1:
+        raise ExperimentError(f"lora.factor={exp.lora.factor}: give LoKr's decompose factor (e.g. lora.factor=4) "
+                              "or -1 (near-square factors)")
     for key in ("max_iter", "batch_size", "grad_accum", "logging_iter", "save_iter"):
         if getattr(exp, key) < 1:
             raise ExperimentError(f"{key}={getattr(exp, key)} must be at least 1")

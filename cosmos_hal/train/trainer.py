@@ -68,7 +68,7 @@ def ensure_synthetic_dataset(exp: Experiment, text_embed_dim: int, num_tokens: i
 
 
 def build_model(exp: Experiment, device):
-    """The DiT in fp32 (the master weights), with LoRA/DoRA adapters when asked."""
+    """The DiT in fp32 (the master weights), with LoRA/DoRA/LoKr adapters when asked."""
     from cosmos_hal.models.dit import build_transformer
 
     weights = exp.model_path or None
@@ -80,7 +80,8 @@ def build_model(exp: Experiment, device):
     if exp.lora.kind != "none":
         from cosmos_hal.models import lora
 
-        lora.add_adapters(model, exp.lora.rank, exp.lora.alpha, use_dora=exp.lora.kind == "dora",
+        lora.add_adapters(model, exp.lora.rank, exp.lora.alpha, kind=exp.lora.kind, factor=exp.lora.factor,
+                          init=exp.lora.init,
                           targets=tuple(m.strip() for m in exp.lora.target_modules.split(",") if m.strip()),
                           seed=exp.seed)
     model.train()
