@@ -21,7 +21,8 @@ from cosmos_hal.data.synthetic import make_synthetic_dataset
 from cosmos_hal.data.video_io import read_image, read_video
 
 REPO = Path(__file__).resolve().parents[1]
-TOOLS = ("get_t5_embeddings", "extract_images_from_videos", "make_synthetic_dataset", "encode_latents")
+TOOLS = ("get_t5_embeddings", "get_text_embeddings", "extract_images_from_videos", "make_synthetic_dataset",
+         "encode_latents")
 
 
 def _tool(name):
@@ -41,8 +42,9 @@ def test_tool_help_describes_its_arguments(name):
     res = subprocess.run([sys.executable, str(REPO / "tools" / f"{name}.py"), "--help"], capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0, res.stderr
-    flag = {"get_t5_embeddings": "--encoder_path", "extract_images_from_videos": "--stride",
-            "make_synthetic_dataset": "--layout", "encode_latents": "--vae_path"}[name]
+    flag = {"get_t5_embeddings": "--encoder_path", "get_text_embeddings": "--encoder reason1",
+            "extract_images_from_videos": "--stride", "make_synthetic_dataset": "--layout",
+            "encode_latents": "--vae_path"}[name]
     assert flag in res.stdout and "usage:" in res.stdout
 
 

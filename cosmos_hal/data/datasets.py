@@ -4,6 +4,8 @@ Layouts (``layout="auto"`` picks by what is in the folder):
   nemo   videos/*.mp4, metas/*.txt, t5_xxl/*.pickle
   gr1    videos/*.mp4, metadata.csv (+ metas/*.txt, which win), t5_xxl/*.pickle
   image  images/*.jpg|*.jpeg|*.png, metas/*.txt, t5_xxl/*.pickle
+Predict2.5 DiTs read ``reason1/*.pickle`` instead of ``t5_xxl/`` (``text_features="reason1"``;
+folders and padding rules in cosmos_hal.data.text_features).
 
 Each epoch draws a new contiguous window of ``num_frames`` frames per clip with
 ``rng.Key(seed, "window", epoch, 0, index)``: unlike upstream's np.random (whose state
@@ -31,9 +33,10 @@ import torch
 from torch.utils.data import Dataset
 
 from cosmos_hal import rng
+from cosmos_hal.data import text_features as _features
 from cosmos_hal.data.errors import BadSampleError, DatasetError
 from cosmos_hal.data.latent_cache import LatentCache, as_latent_cache
-from cosmos_hal.data.t5_pickle import EmbeddingError, pad_embedding, read_t5_pickle
+from cosmos_hal.data.t5_pickle import EmbeddingError, read_t5_pickle
 from cosmos_hal.data.video_io import read_image, read_video, video_info
 
 log = logging.getLogger("cosmos_hal.data")
@@ -80,7 +83,7 @@ def read_gr1_metadata(csv_path: Path) -> dict[str, str]:
     return prompts
 
 
-def list_samples(root: Path, layout: str) -> list[SampleFiles]:
+def list_samples(root: Path, layout: str, features_folder: str = "t5_xxl") -> list[SampleFiles]:
     """Every media file of the layout with its caption and embedding paths (existence unchecked)."""
     media_dir = root / ("images" if layout == "image" else "videos")
     suffixes = IMAGE_SUFFIXES if layout == "image" else (".mp4",)
@@ -102,17 +105,18 @@ def list_samples(root: Path, layout: str) -> list[SampleFiles]:
             media=path,
             caption_file=meta if meta.is_file() or stem not in csv_prompts else None,
             caption=None if meta.is_file() else csv_prompts.get(stem),
-            embedding=root / "t5_xxl" / f"{stem}.pickle",
+            embedding=root / features_folder / f"{stem}.pickle",
         ))
     return out
 
 
-def missing_pieces(sample: SampleFiles) -> str | None:
+def missing_pieces(sample: SampleFiles, features=_features.T5) -> str | None:
     """Why a sample cannot be used without opening its media, or None."""
     if sample.caption is None and (sample.caption_file is None or not sample.caption_file.is_file()):
-        return f"{sample.caption_file}: caption file missing for {sample.media.name} (write it, or run tools/get_t5_embeddings.py --prompt ...)"
+        return f"{sample.caption_file}: caption file missing for {sample.media.name} (write it, or run tools/get_text_embeddings.py --prompt ...)"
     if not sample.embedding.is_file():
-        return f"{sample.embedding}: T5 embedding missing for {sample.media.name} (run tools/get_t5_embeddings.py)"
+        return (f"{sample.embedding}: {features.label} embedding missing for {sample.media.name} "
+                f"(run {features.command(sample.media.parent.parent)})")
     return None
 
 
@@ -152,8 +156,10 @@ class CosmosDataset(Dataset):
         text_embed_dim: int | None = None,
         num_tokens: int = 512,
         resize_mode: str = "crop",
+        text_features: str = "t5",
     ):
         self.root = Path(root)
+        self.features = _features.get(text_features)
         self.layout = detect_layout(self.root) if layout == "auto" else layout
         if self.layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r}: use auto or one of {', '.join(LAYOUTS)}")
@@ -171,8 +177,13 @@ class CosmosDataset(Dataset):
         self.epoch = 0
         self.bad: dict[str, str] = {}  # path -> problem, for the end-of-run report
 
-        samples = list_samples(self.root, self.layout)
-        problems = [(s, missing_pieces(s)) for s in samples]
+        samples = list_samples(self.root, self.layout, self.features.folder)
+        if not any(s.embedding.is_file() for s in samples):  # not one file: nothing to skip, say what makes them
+            raise DatasetError(
+                f"{self.root}: no {self.features.label} text embeddings ({self.features.folder}/*.pickle) for any of its "
+                f"{len(samples)} samples; make them once with:\n  {self.features.command(self.root)}"
+            )
+        problems = [(s, missing_pieces(s, self.features)) for s in samples]
         broken = [(s, why) for s, why in problems if why]
         if broken and not self.skip_bad_samples:
             shown = "\n  ".join(why for _, why in broken[:5])
@@ -204,12 +215,16 @@ class CosmosDataset(Dataset):
         errors = []
         for s in self.samples:
             try:
-                return int(read_t5_pickle(s.embedding, num_tokens=self.num_tokens).shape[1])
+                return int(read_t5_pickle(s.embedding, num_tokens=self.num_tokens, what=self._what).shape[1])
             except EmbeddingError as err:
                 errors.append(str(err))
                 if not self.skip_bad_samples:
                     raise
-        raise DatasetError(f"{self.root}: no readable T5 embedding; first problem: {errors[0]}")
+        raise DatasetError(f"{self.root}: no readable {self._what}; first problem: {errors[0]}")
+
+    @property
+    def _what(self) -> str:
+        return f"{self.features.label} embedding"
 
     def set_epoch(self, epoch: int) -> None:
         """Choose which frame windows this epoch draws."""
@@ -268,8 +283,9 @@ class CosmosDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self.samples)} samples")
         s = self.samples[index]
         caption = self._caption(s)
-        emb = read_t5_pickle(s.embedding, text_embed_dim=self.text_embed_dim, num_tokens=self.num_tokens)
-        emb, mask = pad_embedding(emb, self.num_tokens)
+        emb = read_t5_pickle(s.embedding, text_embed_dim=self.text_embed_dim, num_tokens=self.num_tokens,
+                             what=self._what)
+        emb, mask = self.features.rows(emb, self.num_tokens, s.embedding)
         frames, fps, start = self._frames(index, s)
         video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # T, C, H, W uint8
         video = fit_to_resolution(video, self.resolution, self.resize_mode)
@@ -316,10 +332,11 @@ def build_dataset(
     text_embed_dim: int | None = None,
     num_tokens: int = 512,
     resize_mode: str = "crop",
+    text_features: str = "t5",
 ) -> CosmosDataset:
     """A CosmosDataset over ``root`` (see the module docstring for layouts and behaviour)."""
     return CosmosDataset(
         root, num_frames=num_frames, resolution=resolution, layout=layout, seed=seed,
         skip_bad_samples=skip_bad_samples, latent_cache=latent_cache, text_embed_dim=text_embed_dim,
-        num_tokens=num_tokens, resize_mode=resize_mode,
+        num_tokens=num_tokens, resize_mode=resize_mode, text_features=text_features,
     )

@@ -108,13 +108,15 @@ def make_synthetic_dataset(
     num_tokens: int = 512,
     seed: int = 0,
     progress: bool = False,
+    features_folder: str = "t5_xxl",
 ) -> Path:
     """Write a dataset of ``num_videos`` clips (or images) under ``root`` and return it.
 
     nemo:  videos/*.mp4, metas/*.txt, t5_xxl/*.pickle (NVIDIA's cosmos_nemo_assets layout)
     gr1:   videos/*.mp4, metas/*.txt, metadata.csv, t5_xxl/*.pickle (GR1 layout)
     image: images/*.jpg, metas/*.txt, t5_xxl/*.pickle (frame 0 of each clip)
-    Embeddings have shape (num_tokens, text_embed_dim), stored as float16 like NVIDIA's.
+    Embeddings have shape (num_tokens, text_embed_dim), stored as float16 like NVIDIA's, in
+    ``features_folder`` (``reason1`` for Predict2.5 DiTs, see cosmos_hal.data.text_features).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}: use one of {', '.join(LAYOUTS)}")
@@ -138,7 +140,7 @@ def make_synthetic_dataset(
             rows.append((f"{name}.mp4", caption))
             caption = GR1_PROMPT_PREFIX + caption
         write_text_atomic(root / "metas" / f"{name}.txt", caption + "\n")
-        write_t5_pickle(root / "t5_xxl" / f"{name}.pickle", synthetic_embedding(seed, i, num_tokens, text_embed_dim))
+        write_t5_pickle(root / features_folder / f"{name}.pickle", synthetic_embedding(seed, i, num_tokens, text_embed_dim))
     if layout == "gr1":
         tmp = root / ".metadata.csv.tmp"
         with open(tmp, "w", newline="", encoding="utf-8") as f:

@@ -4,6 +4,8 @@ Why precompute: T5-XXL is ~4.7B parameters; encoding captions once keeps it out 
 memory during training. The encoding follows upstream's CosmosT5TextEncoder: tokenize to
 ``max_length`` (512) with padding and truncation, run the encoder with the attention mask,
 zero the rows past each prompt's length, keep only the real rows, store float16.
+``compute_dataset_features`` is the per-dataset loop for any encoder (Reason1 features use it
+too, with the rules in cosmos_hal.data.text_features).
 """
 
 from __future__ import annotations
@@ -111,30 +113,45 @@ def compute_dataset_embeddings(
     dataset_path,
     encoder: TextEncoder,
     *,
+    max_length: int = NUM_T5_TOKENS,
+    **kwargs,
+) -> dict[str, int]:
+    """Write t5_xxl/<stem>.pickle for every caption of the dataset (see compute_dataset_features)."""
+    from cosmos_hal.data.text_features import T5
+
+    return compute_dataset_features(dataset_path, lambda texts: encode_prompts(encoder, texts, max_length=max_length),
+                                    T5, **kwargs)
+
+
+def compute_dataset_features(
+    dataset_path,
+    encode,
+    features,
+    *,
     prompt: str | None = None,
     prompt_prefix: str = "",
     layout: str = "auto",
-    max_length: int = NUM_T5_TOKENS,
     batch_size: int = 8,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict[str, int]:
-    """Write t5_xxl/<stem>.pickle for every caption of the dataset; existing ones are kept
-    unless ``overwrite``. Returns counts {"written", "kept"}."""
+    """Write <features.folder>/<stem>.pickle for every caption of the dataset, ``encode``
+    mapping a list of captions to one (rows, D) array each; existing files are kept unless
+    ``overwrite``. Returns counts {"written", "kept"}."""
     from tqdm import tqdm
 
     root = Path(dataset_path)
     pairs = dataset_prompts(root, prompt=prompt, prompt_prefix=prompt_prefix, layout=layout)
-    out_dir = root / "t5_xxl"
+    out_dir = root / features.folder
     todo = [(s, t) for s, t in pairs if overwrite or not (out_dir / f"{s}.pickle").is_file()]
     cache: dict[str, np.ndarray] = {}  # one --prompt for many files: encode it once
-    bar = tqdm(total=len(todo), desc="T5 embeddings", unit="caption", disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"{features.label} features", unit="caption", disable=not progress)
     for b in range(0, len(todo), batch_size):
         chunk = todo[b : b + batch_size]
         if prompt is None:
             cache.clear()  # captions differ per file: keep memory flat
         fresh = sorted({t for _, t in chunk if t not in cache})
-        for text, emb in zip(fresh, encode_prompts(encoder, fresh, max_length=max_length)):
+        for text, emb in zip(fresh, encode(fresh) if fresh else []):
             cache[text] = emb
         for stem, text in chunk:
             write_t5_pickle(out_dir / f"{stem}.pickle", cache[text])

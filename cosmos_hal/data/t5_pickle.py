@@ -45,16 +45,17 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"refusing to load {module}.{name} (only lists of numpy arrays are allowed)")
 
 
-def read_t5_pickle(path, *, text_embed_dim: int | None = None, num_tokens: int = NUM_T5_TOKENS) -> np.ndarray:
+def read_t5_pickle(path, *, text_embed_dim: int | None = None, num_tokens: int = NUM_T5_TOKENS,
+                   what: str = "T5 embedding") -> np.ndarray:
     """The (n_tokens, D) array inside an NVIDIA-format pickle, checked; raises EmbeddingError
-    naming the file and what is wrong."""
+    naming the file and what is wrong (``what`` names the kind of features in messages)."""
     path = Path(path)
     if not path.is_file():
-        raise EmbeddingError(f"{path}: T5 embedding file not found; run tools/get_t5_embeddings.py on the dataset")
+        raise EmbeddingError(f"{path}: {what} file not found; run tools/get_text_embeddings.py on the dataset")
     try:
         obj = _NumpyOnlyUnpickler(io.BytesIO(path.read_bytes())).load()
     except Exception as err:
-        raise EmbeddingError(f"{path}: cannot unpickle T5 embedding ({type(err).__name__}: {err}); regenerate it") from None
+        raise EmbeddingError(f"{path}: cannot unpickle {what} ({type(err).__name__}: {err}); regenerate it") from None
     if isinstance(obj, np.ndarray):  # tolerate a bare array
         arr = obj
     elif isinstance(obj, list) and len(obj) == 1 and isinstance(obj[0], np.ndarray):
@@ -66,18 +67,18 @@ def read_t5_pickle(path, *, text_embed_dim: int | None = None, num_tokens: int =
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim != 2 or arr.shape[0] == 0:
-        raise EmbeddingError(f"{path}: T5 embedding has shape {tuple(arr.shape)}; expected (n_tokens, dim) with n_tokens >= 1")
+        raise EmbeddingError(f"{path}: {what} has shape {tuple(arr.shape)}; expected (n_tokens, dim) with n_tokens >= 1")
     if text_embed_dim is not None and arr.shape[1] != text_embed_dim:
         raise EmbeddingError(
-            f"{path}: T5 embedding has dim {arr.shape[1]} (shape {tuple(arr.shape)}); the experiment expects "
+            f"{path}: {what} has dim {arr.shape[1]} (shape {tuple(arr.shape)}); the experiment expects "
             f"{text_embed_dim}; recompute it with the right text encoder"
         )
     if arr.shape[0] > num_tokens:
-        raise EmbeddingError(f"{path}: T5 embedding has {arr.shape[0]} tokens, more than the {num_tokens} allowed")
+        raise EmbeddingError(f"{path}: {what} has {arr.shape[0]} tokens, more than the {num_tokens} allowed")
     if not np.issubdtype(arr.dtype, np.floating):
-        raise EmbeddingError(f"{path}: T5 embedding has dtype {arr.dtype}; expected float16/float32")
+        raise EmbeddingError(f"{path}: {what} has dtype {arr.dtype}; expected float16/float32")
     if not np.isfinite(arr).all():
-        raise EmbeddingError(f"{path}: T5 embedding holds NaN or inf; regenerate it")
+        raise EmbeddingError(f"{path}: {what} holds NaN or inf; regenerate it")
     return arr
 
 

@@ -45,7 +45,8 @@ def synthetic_dataset_dir(exp: Experiment, text_embed_dim: int) -> Path:
     return Path(exp.resolved_output_dir()) / "synthetic_data" / tag
 
 
-def ensure_synthetic_dataset(exp: Experiment, text_embed_dim: int, num_tokens: int) -> Path:
+def ensure_synthetic_dataset(exp: Experiment, text_embed_dim: int, num_tokens: int,
+                             features_folder: str = "t5_xxl") -> Path:
     """Build the synthetic dataset on the first process of each node; others wait."""
     from cosmos_hal.data.synthetic import make_synthetic_dataset
 
@@ -57,7 +58,7 @@ def ensure_synthetic_dataset(exp: Experiment, text_embed_dim: int, num_tokens: i
         make_synthetic_dataset(tmp, layout=exp.data.layout, num_videos=exp.data.synthetic_videos,
                                num_frames=exp.data.num_frames, height=exp.data.height, width=exp.data.width,
                                fps=exp.data.fps, text_embed_dim=text_embed_dim, num_tokens=num_tokens,
-                               seed=exp.seed)
+                               seed=exp.seed, features_folder=features_folder)
         (tmp / ".complete").write_text("ok\n")
         try:
             os.replace(tmp, root)
@@ -107,11 +108,13 @@ def build_vae_for(exp: Experiment, device):
 def build_data(exp: Experiment, preset, world, *, dp_rank: int | None = None, dp_size: int | None = None):
     """Dataset and loader; the loader shards samples over the data-parallel ranks (the ranks of
     one context-parallel group read the same samples)."""
+    from cosmos_hal.data import text_features
     from cosmos_hal.data.datasets import build_dataset
     from cosmos_hal.data.loader import build_loader
 
+    features = text_features.for_preset(preset)  # Predict2.5 DiTs read Reason1 features, Predict2 T5
     if exp.data.synthetic and not exp.dataset_path:
-        root = ensure_synthetic_dataset(exp, preset.context_dim, preset.text_max_length)
+        root = ensure_synthetic_dataset(exp, preset.context_dim, preset.text_max_length, features.folder)
     elif exp.dataset_path:
         root = Path(exp.dataset_path)
     else:
@@ -121,7 +124,7 @@ def build_data(exp: Experiment, preset, world, *, dp_rank: int | None = None, dp
     dataset = build_dataset(root, num_frames=exp.data.num_frames, resolution=(exp.data.height, exp.data.width),
                             layout=exp.data.layout, seed=exp.seed, skip_bad_samples=exp.data.skip_bad_samples,
                             latent_cache=cache, text_embed_dim=preset.context_dim,
-                            num_tokens=preset.text_max_length)
+                            num_tokens=preset.text_max_length, text_features=features.name)
     loader = build_loader(dataset, batch_size=exp.batch_size, seed=exp.seed,
                           rank=world.rank if dp_rank is None else dp_rank,
                           world_size=world.world_size if dp_size is None else dp_size, num_workers=exp.data.num_workers,
@@ -239,6 +242,11 @@ def train(exp: Experiment) -> dict:
     if os.sep not in vae_source(exp):
         logger.info(f"VAE: preset {vae_source(exp)!r} with RANDOM weights (set vae_path= for real latents)")
 
+    from cosmos_hal.models.presets import get_preset
+
+    # data first: a dataset missing the text features its DiT reads stops here, with the command
+    # that makes them, before minutes of model loading
+    dataset, loader = build_data(exp, get_preset(exp.preset), world, dp_rank=dp_rank, dp_size=dp_size)
     model, preset = build_model(exp, world.device)
     vae = build_vae_for(exp, world.device)
     ac_modes = ac_memory = ac_budget = None
@@ -263,7 +271,6 @@ def train(exp: Experiment) -> dict:
     optimizer = ops.fused_adamw(params, lr=exp.optim.lr, betas=exp.optim.betas, eps=exp.optim.eps,
                                 weight_decay=exp.optim.weight_decay)
     scheduler = build_scheduler(optimizer, exp.schedule, exp.cycle_length())
-    dataset, loader = build_data(exp, preset, world, dp_rank=dp_rank, dp_size=dp_size)
 
     iteration = 0
     found = ckpt.latest(ckpt_root) if exp.resume else None
