@@ -7,9 +7,9 @@ Qwen-style chat template, both built here (nothing downloaded)."""
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,7 +23,9 @@ from cosmos_hal.data.synthetic import make_synthetic_dataset
 from cosmos_hal.data.t5_pickle import write_t5_pickle
 from cosmos_hal.models.text import encode_reason1_prompts, load_reason1_encoder
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from test_tools_data import _tool  # noqa: E402  (runs a tools/*.py main in this process)
+
 LAYERS, HIDDEN = 3, 32  # features: 3 x 32 = 96, what the tiny-2.5 DiT projects
 FEAT = LAYERS * HIDDEN
 MAX_LEN = 512  # the pipeline's max_sequence_length
@@ -33,13 +35,6 @@ WORDS = ("You are a helpful assistant who will provide prompts to an image gener
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'text' %}"
         "{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", REPO / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
 
 
 def _rel(out, ref) -> float:
