@@ -185,7 +185,9 @@ def test_trained_lora_changes_the_video_and_scale_zero_restores_it(assets, adapt
     pipe = load_pipeline(opts)
     load_loras(pipe.transformer, [LoraSpec(adapter.parent, 1.0)])
     adapted = video2world(pipe, req)
-    assert np.abs(adapted.astype(int) - base.astype(int)).mean() > 1.0
+    # 0.7 of 255 on average after 4 steps from peft's init (lora_A std 1/sqrt(3*64)); the old
+    # gaussian init (std 1/rank, 3.5x larger here) moved it more
+    assert np.abs(adapted.astype(int) - base.astype(int)).mean() > 0.3
 
     pipe.transformer.set_adapters(["lora0"], weights=[0.0])
     assert np.array_equal(video2world(pipe, req), base)

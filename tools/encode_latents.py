@@ -32,6 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--layout", default="auto", choices=["auto", "nemo", "gr1", "image"], help="dataset layout")
     p.add_argument("--resize_mode", default="crop", choices=["crop", "stretch"], help="as in training (default: crop)")
     p.add_argument("--skip_bad_samples", action="store_true", help="skip unreadable clips instead of stopping")
+    p.add_argument("--text_features", default="t5", choices=["t5", "reason1"],
+                   help="which text files the dataset has: t5 (t5_xxl/, Predict2) or reason1 (reason1/, Predict2.5)")
     p.add_argument("--device", default=None, help="torch device (default: the backend cosmos-hal picks)")
     args = p.parse_args(argv)
 
@@ -40,6 +42,7 @@ def main(argv=None) -> int:
 
     ds = build_dataset(args.dataset_path, num_frames=args.num_frames, resolution=(args.height, args.width),
                        layout=args.layout, seed=args.seed, skip_bad_samples=args.skip_bad_samples,
+                       text_features=args.text_features,
                        resize_mode=args.resize_mode)
     vae = load_wan_vae(args.vae_path, device=args.device)
     c = encode_dataset_latents(ds, vae, LatentCache(args.cache_dir), epochs=args.epochs, vae_name=str(args.vae_path))
