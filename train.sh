@@ -47,6 +47,29 @@ PARITY=0
 OVERRIDES=()
 
 bad() { echo "train.sh: $1" >&2; usage >&2; exit 2; }
+# Flags of diffusers' examples/cosmos/train_cosmos_predict25_lora.py (seed 000): name our override.
+diffusers_flag() {
+    local eq
+    case "${1%%=*}" in
+        --pretrained_model_name_or_path) eq="model_path=DIR (a local download of that revision)" ;;
+        --revision) eq="model_path=DIR pointing at the revision's download" ;;
+        --train_data_dir) eq="dataset_path=DIR" ;;
+        --output_dir) eq="output_dir=DIR" ;;
+        --seed) eq="seed=N" ;;
+        --train_batch_size) eq="batch_size=N (per process)" ;;
+        --num_train_epochs|--checkpointing_epochs) eq="max_iter=STEPS save_iter=STEPS (steps, not epochs)" ;;
+        --height|--width|--num_frames) eq="data.height=H data.width=W data.num_frames=N" ;;
+        --lora_rank|--lora_alpha) eq="lora.rank=R lora.alpha=A" ;;
+        --use_dora) eq="lora.kind=dora" ;;
+        --gradient_checkpointing) eq="activation_checkpointing=true (the default)" ;;
+        --learning_rate) eq="optim.lr=LR" ;;
+        --report_to|--allow_tf32|--mixed_precision) eq="nothing to pass (metrics.jsonl in output_dir; bf16 and fast kernels by default)" ;;
+        *) return 1 ;;
+    esac
+    echo "${1%%=*} is a flag of diffusers' train_cosmos_predict25_lora.py; here: $eq. Its recipe is" \
+         "bash train.sh --EXP=predict25_video2world_lora_rank32_gr1 model_path=DIR dataset_path=gr1_dataset/train" \
+         "(docs/porting.md maps every flag)"
+}
 need_int() { [[ "$2" =~ ^[0-9]+$ ]] || bad "$1 must be a non-negative integer, got '$2'"; }
 
 for arg in "$@"; do
@@ -61,7 +84,7 @@ for arg in "$@"; do
         --master_port=*) MASTER_PORT="${arg#*=}"; need_int --master_port "$MASTER_PORT" ;;
         --hccl_if_ip=*) HCCL_IF_IP="${arg#*=}" ;;
         --backend=*) BACKEND="${arg#*=}" ;;
-        -*) bad "unknown option '$arg'" ;;
+        -*) bad "$(diffusers_flag "$arg" || echo "unknown option '$arg'")" ;;
         *=*) OVERRIDES+=("$arg")
              case "${arg,,}" in parity=true|parity=1|parity=yes|parity=on) PARITY=1 ;; esac ;;
         *) bad "unexpected argument '$arg' (options are --name=value, overrides key=value)" ;;

@@ -87,10 +87,33 @@ def check_file(flag: str, path) -> Path:
     return path
 
 
+def names_prompt_file(value: str | None) -> bool:
+    """True for a value that is a prompt file's path rather than prompt text: one line ending
+    in .txt, as NVIDIA's scripts/hf_video2world.py and hf_text2image.py take in --prompt."""
+    return value is not None and "\n" not in value and value.strip().lower().endswith(".txt")
+
+
+def prompt_text(value: str | None, flag: str) -> str | None:
+    """``value`` as given, or the text of the file it names (see ``names_prompt_file``)."""
+    if not names_prompt_file(value):
+        return value
+    path = Path(value.strip())
+    if not path.is_file():
+        raise InferenceInputError(
+            f"{flag} {value}: looks like a prompt file (NVIDIA's hf_*.py scripts take one here), but there is "
+            f"no such file; give the path of an existing .txt file, or the prompt text itself")
+    text = path.read_text(encoding="utf-8").strip()
+    if not text:
+        raise InferenceInputError(f"{flag} {value}: the file is empty; write the prompt into it")
+    return text
+
+
 def read_prompt(prompt: str | None, prompt_file=None, *, flag: str = "--prompt") -> str:
-    """The prompt text from ``--prompt`` or ``--prompt_file`` (exactly one)."""
+    """The prompt text from ``--prompt`` (text, or a .txt file's path) or ``--prompt_file``
+    (exactly one)."""
     if prompt is not None and prompt_file is not None:
         raise InferenceInputError(f"give either {flag} or {flag}_file, not both")
+    prompt = prompt_text(prompt, flag)
     if prompt_file is not None:
         prompt = check_file(f"{flag}_file", prompt_file).read_text(encoding="utf-8").strip()
         if not prompt:

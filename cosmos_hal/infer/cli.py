@@ -13,6 +13,7 @@ from cosmos_hal.backend import BACKEND_MODULES
 DEFAULT_SIZE = {"video2world": (704, 1280), "text2image": (768, 1360)}
 DEFAULT_OUT = {"video2world": "output.mp4", "text2image": "output.png"}
 DEFAULT_BATCH_OUT = "outputs"
+TASKS = ("video2world", "text2image")
 
 
 def _common(p: argparse.ArgumentParser, task: str) -> None:
@@ -26,15 +27,17 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--preset", default=None,
                    help="DiT shape of a .pt checkpoint (default predict2-2b / predict2-2b-t2i; e.g. predict2-14b)")
     g.add_argument("--ema", action="store_true", help="NVIDIA training checkpoints: use the net_ema.* weights")
-    g.add_argument("--lora", action="extend", nargs="+", default=[], metavar="PATH[:SCALE]",
+    g.add_argument("--lora", "--lora_dir", action="extend", nargs="+", default=[], metavar="PATH[:SCALE]",
                    help="LoRA/DoRA adapter folder or pytorch_lora_weights.safetensors, with an optional scale "
                         "(default 1.0); several (--lora A:0.7 B:0.3, or --lora repeated) are mixed")
     g.add_argument("--fuse_lora", action="store_true", help="merge the adapters into the weights (faster steps)")
 
     g = p.add_argument_group("prompt")
-    g.add_argument("--prompt", default=None, help="text prompt")
+    g.add_argument("--prompt", default=None,
+                   help="text prompt, or a .txt file holding it (as NVIDIA's scripts/hf_*.py take it)")
     g.add_argument("--prompt_file", default=None, help="read the prompt from this text file")
-    g.add_argument("--negative_prompt", default=None, help="negative prompt (default: the pipeline's Cosmos default)")
+    g.add_argument("--negative_prompt", default=None,
+                   help="negative prompt text or .txt file (default: the pipeline's Cosmos default)")
 
     g = p.add_argument_group("sampling")
     h, w = DEFAULT_SIZE[task]
@@ -46,6 +49,11 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--out", default=None,
                    help=f"output file (default {DEFAULT_OUT[task]}); with --batch_dir an output folder "
                         f"(default {DEFAULT_BATCH_OUT})")
+    g.add_argument("--output_dir", default=None, metavar="DIR",
+                   help=f"output folder instead of --out: writes DIR/{DEFAULT_OUT[task]} (with --batch_dir, DIR/NAME.mp4)")
+    p.add_argument("output_folder", nargs="?", default=None, metavar="OUTPUT_DIR",
+                   help=f"same as --output_dir; NVIDIA's scripts/hf_*.py take it here: "
+                        f"'{task} output/x --prompt p.txt' writes output/x/{DEFAULT_OUT[task]}")
 
     g = p.add_argument_group("runtime")
     g.add_argument("--backend", choices=list(BACKEND_MODULES), default=None,
@@ -75,10 +83,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("video")
     g.add_argument("--image", default=None, help="conditioning image (first frame)")
     g.add_argument("--video", default=None, help="conditioning video (its last frames condition)")
-    g.add_argument("--batch_dir", default=None,
+    g.add_argument("--batch_dir", "--data_dir", default=None,
                    help="folder of NAME.png + NAME.txt pairs; writes --out/NAME.mp4 for each")
     g.add_argument("--skip_existing", action="store_true", help="batch mode: keep mp4s that already exist")
-    g.add_argument("--num_frames", type=int, default=93, help="frames to generate, 4k+1 (default 93)")
+    g.add_argument("--num_frames", "--num_output_frames", type=int, default=93,
+                   help="frames to generate, 4k+1 (default 93)")
     g.add_argument("--fps", type=float, default=16.0, help="frame rate of the mp4 (default 16)")
     g.add_argument("--fps_scaling", action="store_true",
                    help="also scale the temporal RoPE by 24/fps as diffusers does (off by default: NVIDIA's "
@@ -95,6 +104,22 @@ def build_parser(prog: str = "python -m cosmos_hal") -> argparse.ArgumentParser:
     return parser
 
 
+def _resolve_output_folder(args, batch: bool) -> None:
+    """OUTPUT_DIR / --output_dir (NVIDIA's and diffusers' scripts name a folder) -> --out."""
+    from cosmos_hal.infer.errors import InferenceInputError
+
+    folders = {f for f in (args.output_dir, args.output_folder) if f is not None}
+    if not folders:
+        return
+    if len(folders) > 1 or args.out is not None:
+        given = [f"--out {args.out}"] * (args.out is not None) + [f"output folder {f}" for f in sorted(folders)]
+        raise InferenceInputError(f"{' and '.join(given)}: give one place to write (--out FILE, or one output folder)")
+    folder = folders.pop()
+    if Path(folder).suffix.lower() in (".mp4", ".png", ".jpg", ".jpeg"):
+        raise InferenceInputError(f"output folder {folder}: names a file; for a file pass --out {folder}")
+    args.out = folder if batch else str(Path(folder) / DEFAULT_OUT[args.task])
+
+
 def _check_args(args) -> None:
     """Everything that can be checked before a model loads."""
     from cosmos_hal.infer import checks
@@ -109,6 +134,7 @@ def _check_args(args) -> None:
         raise InferenceInputError(f"--fps {args.fps}: must be positive")
     checks.check_model_source(args.model, args.vae_path, args.text_encoder_path)
     batch = video and args.batch_dir is not None
+    _resolve_output_folder(args, batch)
     if args.out is None:
         args.out = DEFAULT_BATCH_OUT if batch else DEFAULT_OUT[args.task]
     if not batch:
@@ -135,7 +161,7 @@ def _request(args):
     batch = video and args.batch_dir is not None
     req = Request(
         prompt="" if batch else checks.read_prompt(args.prompt, args.prompt_file),
-        negative_prompt=args.negative_prompt,
+        negative_prompt=checks.prompt_text(args.negative_prompt, "--negative_prompt"),
         num_steps=args.num_steps,
         guidance=args.guidance,
         seed=args.seed,
@@ -199,5 +225,12 @@ def main(args) -> int:
 
 def cli(argv=None, prog: str = "python -m cosmos_hal") -> int:
     """Parse ``infer ...`` argv and run it (tools/infer.py and tests call this)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["infer"] and len(argv) > 1 and argv[1] not in TASKS and argv[1] not in ("-h", "--help"):
+        print(f"{prog}: the task comes first: {prog} video2world|text2image ... (got '{argv[1]}'). NVIDIA's "
+              f"'scripts/hf_video2world.py OUTPUT_DIR --prompt P.txt ...' is '{prog} video2world OUTPUT_DIR --model DIR "
+              f"--prompt P.txt ...', hf_text2image.py is '{prog} text2image ...', and diffusers' "
+              f"eval_cosmos_predict25_lora.py is '{prog} video2world --model DIR --data_dir ...'", file=sys.stderr)
+        return 2
     args = build_parser(prog).parse_args(argv)
     return main(args)
