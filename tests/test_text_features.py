@@ -24,7 +24,7 @@ from cosmos_hal.data.t5_pickle import write_t5_pickle
 from cosmos_hal.models.text import encode_reason1_prompts, load_reason1_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))
-from test_tools_data import _tool  # noqa: E402  (runs a tools/*.py main in this process)
+from test_tools_data import _tool, tiny_vae  # noqa: E402,F401  (tool runner, tiny Wan VAE fixture)
 
 LAYERS, HIDDEN = 3, 32  # features: 3 x 32 = 96, what the tiny-2.5 DiT projects
 FEAT = LAYERS * HIDDEN
@@ -215,3 +215,14 @@ def test_tiny_predict25_trains_on_the_reason1_features_the_tool_wrote(gr1_withou
                                     "data.width=32", "max_iter=2", "logging_iter=1", "save_iter=2", "precision=fp32",
                                     "activation_checkpointing=false", "fast=off"))
     assert summary["iterations"] == 2 and np.isfinite(summary["final_loss"]) and summary["bad_samples"] == 0
+
+
+def test_encode_latents_reads_a_predict25_dataset_with_text_features_reason1(tmp_path, tiny_vae, capsys):
+    root = make_synthetic_dataset(tmp_path / "gr1", layout="gr1", num_videos=1, num_frames=5, height=32, width=32,
+                                  text_embed_dim=8, num_tokens=MAX_LEN, features_folder="reason1")
+    argv = ["--dataset_path", str(root), "--vae_path", str(tiny_vae), "--cache_dir", str(tmp_path / "c"),
+            "--num_frames", "5", "--height", "32", "--width", "32", "--device", "cpu"]
+    with pytest.raises(DatasetError, match="no T5 text embeddings"):
+        _tool("encode_latents")(argv)
+    assert _tool("encode_latents")(argv + ["--text_features", "reason1"]) == 0
+    assert "latents: 1 encoded" in capsys.readouterr().out
