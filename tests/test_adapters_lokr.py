@@ -167,3 +167,17 @@ def test_adapter_file_in_a_layout_we_cannot_load_is_refused_naming_its_keys(tmp_
               "--width", str(W), "--num_steps", "2", "--lora", str(file), "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
     assert rc == 2 and keys[0] in err and not (tmp_path / "x.png").exists()
+
+
+def test_experiment_overrides_for_seed_002_lokr_and_their_errors():
+    from cosmos_hal.train import experiments
+
+    exp = experiments.get("predict2_text2image_training_2b_cosmos_nemo_assets", [
+        "lora.kind=lokr", "lora.factor=4", "lora.rank=10000", "lora.alpha=10000",
+        "lora.target_modules=to_q,to_k,to_v,to_out.0"])
+    assert (exp.lora.kind, exp.lora.factor, exp.lora.init) == ("lokr", 4, "peft")
+    assert experiments.get("tiny_text2image_synthetic").lora.init == "peft"
+    for bad, word in ((["lora.kind=lokr", "lora.init=gaussian"], "lora.init"), (["lora.kind=loha"], "lokr"),
+                      (["lora.kind=lokr", "lora.factor=0"], "lora.factor=4")):
+        with pytest.raises(experiments.ExperimentError, match=word):
+            experiments.get("tiny_text2image_synthetic", bad)

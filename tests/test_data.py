@@ -87,13 +87,13 @@ def test_window_is_drawn_through_rng_and_changes_with_epoch(datasets):
 
 
 def test_resize_keeps_aspect_then_centre_crops(datasets):
-    ds = build_dataset(datasets["nemo"], num_frames=17, resolution=(32, 32))
+    ds = build_dataset(datasets["nemo"], num_frames=17, resolution=(32, 32), resize_mode="crop")
     item = ds[0]
     s = item["frame_start"]
     raw = read_video(datasets["nemo"] / "videos" / "synthetic_0000.mp4")[s:s + 17, :, 8:40]  # 48 -> 32 wide, centred
     ref = torch.from_numpy(raw).permute(3, 0, 1, 2).float() / 127.5 - 1.0
     assert torch.equal(item["video"], ref)
-    up = build_dataset(datasets["nemo"], num_frames=17, resolution=(64, 64))[0]["video"]
+    up = build_dataset(datasets["nemo"], num_frames=17, resolution=(64, 64), resize_mode="crop")[0]["video"]
     assert up.shape == (3, 17, 64, 64)
     stretched = build_dataset(datasets["nemo"], num_frames=17, resolution=(16, 40), resize_mode="stretch")[0]["video"]
     assert stretched.shape == (3, 17, 16, 40)
@@ -123,3 +123,30 @@ def test_latent_cache_entry_is_served_for_its_window_only(datasets, tmp_path):
     assert "latents" not in ds[1]
     cache.put("synthetic_0000", start + 1, 17, (32, 32), lat)
     assert len(cache) == 2
+
+
+def test_frames_are_stretched_to_the_exact_size_as_upstream_by_default(datasets):
+    """Upstream's Resize_Preprocess (cosmos-predict2 1.0.9 data/dataset_utils.py): uint8 / 255,
+    torchvision resize of each frame to (H, W) with antialias, x255 clamped and cast to uint8."""
+    import torchvision.transforms.functional as F
+
+    item = build_dataset(datasets["nemo"], num_frames=17, resolution=(24, 40))[0]  # 32x48 -> 24x40
+    s = item["frame_start"]
+    raw = torch.from_numpy(read_video(datasets["nemo"] / "videos" / "synthetic_0000.mp4")[s:s + 17]).permute(0, 3, 1, 2)
+    frames = torch.stack([F.resize(f, [24, 40], antialias=True) for f in raw.float() / 255.0])
+    ref = torch.clamp(frames * 255.0, 0, 255).to(torch.uint8).permute(1, 0, 2, 3).float() / 127.5 - 1.0
+    assert item["video"].shape == (3, 17, 24, 40)
+    assert torch.equal(item["video"], ref)
+    cropped = build_dataset(datasets["nemo"], num_frames=17, resolution=(24, 40), resize_mode="crop")[0]["video"]
+    assert cropped.shape == (3, 17, 24, 40) and not torch.equal(cropped, item["video"])
+
+
+def test_latent_cache_entries_are_kept_apart_by_resize_mode(datasets, tmp_path):
+    lat = rng.normal(rng.Key(0, "test", 0, 0, 2), (4, 5, 3, 5))
+    crop = build_dataset(datasets["nemo"], num_frames=17, resolution=(24, 40), resize_mode="crop",
+                         latent_cache=tmp_path / "cache")
+    start = crop[0]["frame_start"]
+    crop.latent_cache.put("synthetic_0000", start, 17, (24, 40), lat)
+    assert torch.equal(crop[0]["latents"], lat)
+    stretch = build_dataset(datasets["nemo"], num_frames=17, resolution=(24, 40), latent_cache=tmp_path / "cache")
+    assert "latents" not in stretch[0]  # other pixels, so the crop entry must not be served

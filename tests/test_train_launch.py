@@ -124,6 +124,21 @@ def test_context_parallel_two_ranks_match_one_process(one_process_fast, tmp_path
         assert abs(got[it] - ref[it]) <= 1e-5 * abs(ref[it]), (it, got[it], ref[it])
 
 
+def test_upstreams_context_parallel_is_the_default_so_the_global_batch_is_upstreams(one_process_fast, tmp_path):
+    """An experiment whose upstream recipe splits each sample over 2 ranks (upstream_context_parallel,
+    2 in the 2B nemo_assets experiments) does so on 2 processes without being asked: one
+    data-parallel rank, the global batch upstream trains there, the losses of one process."""
+    p = train_sh("--nproc_per_node=2", f"output_dir={tmp_path}", "fast_attention=true", "upstream_context_parallel=2",
+                 "parallelism=ddp", *RUN)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert ("global batch 4 samples per iteration = batch_size 4 x grad_accum 1 x 1 data-parallel ranks "
+            "(2 processes / context_parallel 2; auto: upstream's 2)") in p.stdout + p.stderr
+    ref, got = losses(one_process_fast), losses(tmp_path)
+    assert sorted(got) == sorted(ref) == [1, 2, 3]
+    for it in ref:
+        assert abs(got[it] - ref[it]) <= 1e-5 * abs(ref[it]), (it, got[it], ref[it])
+
+
 def test_context_parallel_without_fast_attention_is_refused(tmp_path):
     p = train_sh(f"output_dir={tmp_path}", "context_parallel=2", *RUN, timeout=120)
     assert p.returncode != 0

@@ -30,7 +30,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the training run's data seed (default: 0)")
     p.add_argument("--epochs", type=int, default=1, help="encode the windows of epochs 0..E-1 (default: 1)")
     p.add_argument("--layout", default="auto", choices=["auto", "nemo", "gr1", "image"], help="dataset layout")
-    p.add_argument("--resize_mode", default="crop", choices=["crop", "stretch"], help="as in training (default: crop)")
+    p.add_argument("--resize_mode", default="stretch", choices=["stretch", "crop"],
+                   help="as in training: data.resize_mode (default: stretch, as upstream)")
     p.add_argument("--skip_bad_samples", action="store_true", help="skip unreadable clips instead of stopping")
     p.add_argument("--text_features", default="t5", choices=["t5", "reason1"],
                    help="which text files the dataset has: t5 (t5_xxl/, Predict2) or reason1 (reason1/, Predict2.5)")

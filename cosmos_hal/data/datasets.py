@@ -12,9 +12,11 @@ Each epoch draws a new contiguous window of ``num_frames`` frames per clip with
 depends on everything drawn before, per worker), the window is a pure function of
 (seed, epoch, index), the same on every host, worker count and resume point.
 
-Frames are resized to cover the target resolution (aspect kept) and centre-cropped
-(``resize_mode="stretch"`` resizes to the exact size, as upstream does), then scaled to
-[-1, 1] and returned as (C, T, H, W) float32.
+Frames are resized to exactly the target resolution (``resize_mode="stretch"``, the default,
+as upstream's Resize_Preprocess in data/dataset_utils.py and diffusers' Predict2.5 recipe do;
+a clip of another aspect ratio is distorted) or, with ``resize_mode="crop"``, resized to cover
+it with the aspect kept and centre-cropped; then scaled to [-1, 1] and returned as
+(C, T, H, W) float32.
 
 Bad input raises BadSampleError naming the file; with ``skip_bad_samples=True`` the
 dataset logs it, counts it (``bad_samples``) and returns None for that index, which
@@ -120,8 +122,9 @@ def missing_pieces(sample: SampleFiles, features=_features.T5) -> str | None:
     return None
 
 
-def fit_to_resolution(frames: torch.Tensor, resolution, mode: str = "crop") -> torch.Tensor:
-    """(T, C, H, W) uint8 -> (T, C, h, w) uint8: antialiased resize, then centre crop."""
+def fit_to_resolution(frames: torch.Tensor, resolution, mode: str = "stretch") -> torch.Tensor:
+    """(T, C, H, W) uint8 -> (T, C, h, w) uint8: antialiased resize to the exact size (stretch),
+    or to cover it, then centre crop (crop)."""
     from torchvision.transforms.v2 import functional as TF
 
     if resolution is None:
@@ -130,8 +133,9 @@ def fit_to_resolution(frames: torch.Tensor, resolution, mode: str = "crop") -> t
     h, w = frames.shape[-2:]
     if (h, w) == (th, tw):
         return frames
-    if mode == "stretch":
-        return TF.resize(frames, [th, tw], antialias=True)
+    if mode == "stretch":  # upstream's arithmetic: [0, 1] floats, bilinear, then x255 truncated to uint8
+        resized = TF.resize(frames.float().div_(255.0), [th, tw], antialias=True)
+        return resized.mul_(255.0).clamp_(0, 255).to(torch.uint8)
     scale = max(th / h, tw / w)
     nh, nw = max(th, int(round(h * scale))), max(tw, int(round(w * scale)))
     if (nh, nw) != (h, w):
@@ -155,7 +159,7 @@ class CosmosDataset(Dataset):
         latent_cache=None,
         text_embed_dim: int | None = None,
         num_tokens: int = 512,
-        resize_mode: str = "crop",
+        resize_mode: str = "stretch",
         text_features: str = "t5",
     ):
         self.root = Path(root)
@@ -171,7 +175,7 @@ class CosmosDataset(Dataset):
         self.resolution = None if resolution is None else (int(resolution[0]), int(resolution[1]))
         self.seed = int(seed)
         self.skip_bad_samples = bool(skip_bad_samples)
-        self.latent_cache: LatentCache | None = as_latent_cache(latent_cache)
+        self.latent_cache: LatentCache | None = as_latent_cache(latent_cache, resize_mode)
         self.num_tokens = int(num_tokens)
         self.resize_mode = resize_mode
         self.epoch = 0
@@ -331,7 +335,7 @@ def build_dataset(
     latent_cache=None,
     text_embed_dim: int | None = None,
     num_tokens: int = 512,
-    resize_mode: str = "crop",
+    resize_mode: str = "stretch",
     text_features: str = "t5",
 ) -> CosmosDataset:
     """A CosmosDataset over ``root`` (see the module docstring for layouts and behaviour)."""

@@ -5,8 +5,10 @@ is only valid for the exact frames it was encoded from. Windows are a pure funct
 (seed, epoch, index), so tools/encode_latents.py can encode exactly the windows that
 epochs 0..E-1 will draw; a window missing from the cache is simply not served.
 
-Entry: ``<root>/<clip stem>/s<start>_t<num_frames>_<H>x<W>.pt`` holding
+Entry: ``<root>/<clip stem>/s<start>_t<num_frames>_<H>x<W>_<resize mode>.pt`` holding
 {"latents": float32 (z_dim, T', H', W'), "start", "num_frames", "resolution", "source", "vae"}.
+The resize mode (stretch | crop) is part of the key because the same clip at the same size
+gives other pixels under each; entries written before it was (no suffix) are not served.
 Latents are the VAE posterior mean, NOT normalised by latents_mean/std.
 """
 
@@ -19,12 +21,13 @@ import torch
 from cosmos_hal.fileio import written_atomically
 
 class LatentCache:
-    def __init__(self, root):
+    def __init__(self, root, resize_mode: str = "stretch"):
         self.root = Path(root)
+        self.resize_mode = resize_mode
 
     def path_for(self, stem: str, start: int, num_frames: int, resolution) -> Path:
         h, w = resolution
-        return self.root / stem / f"s{int(start):06d}_t{int(num_frames)}_{int(h)}x{int(w)}.pt"
+        return self.root / stem / f"s{int(start):06d}_t{int(num_frames)}_{int(h)}x{int(w)}_{self.resize_mode}.pt"
 
     def get(self, stem: str, start: int, num_frames: int, resolution) -> torch.Tensor | None:
         path = self.path_for(stem, start, num_frames, resolution)
@@ -52,10 +55,11 @@ class LatentCache:
         return sum(1 for _ in self.root.glob("*/*.pt")) if self.root.is_dir() else 0
 
 
-def as_latent_cache(obj) -> LatentCache | None:
-    if obj is None or isinstance(obj, LatentCache):
-        return obj
-    return LatentCache(obj)
+def as_latent_cache(obj, resize_mode: str = "stretch") -> LatentCache | None:
+    """A LatentCache over ``obj`` (a folder or a LatentCache) keyed by ``resize_mode``."""
+    if obj is None:
+        return None
+    return LatentCache(obj.root if isinstance(obj, LatentCache) else obj, resize_mode)
 
 
 def load_wan_vae(vae_path, *, device=None, dtype=None):
@@ -96,7 +100,7 @@ def encode_dataset_latents(dataset, vae, cache, *, epochs: int = 1, vae_name: st
     training will look up. Existing entries are kept. Returns {"encoded", "kept", "bad"}."""
     from tqdm import tqdm
 
-    cache = as_latent_cache(cache)
+    cache = as_latent_cache(cache, getattr(dataset, "resize_mode", "stretch"))
     counts = {"encoded": 0, "kept": 0, "bad": 0}
     bar = tqdm(total=epochs * len(dataset), desc="VAE latents", unit="clip", disable=not progress)
     for epoch in range(epochs):

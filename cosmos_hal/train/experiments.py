@@ -28,25 +28,32 @@ def power_ema_gamma(rate: float = 0.10) -> float:
 
 @dataclass
 class OptimConfig:
-    """AdamW (upstream: fused AdamW, betas (0.9, 0.99), eps 1e-8, grad clip 1.0)."""
+    """AdamW (upstream: fused AdamW, betas (0.9, 0.99), eps 1e-8, grad clip 1.0).
+    zero_nonfinite_grads: set NaN/inf gradient elements to 0 before clipping, as upstream's
+    GradClip callback (force_finite=True, callbacks/grad_clip.py); the log counts them."""
 
     lr: float = 2**-14.5
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.99)
     eps: float = 1e-8
     grad_clip: float = 1.0
+    zero_nonfinite_grads: bool = True
 
 
 @dataclass
 class ScheduleConfig:
     """Upstream's LambdaLinearScheduler: lr = optim.lr * f(n); f rises linearly from f_start
-    to f_max over warmup_steps, then falls linearly to f_min at cycle_length (0: max_iter)."""
+    to f_max over warmup_steps, then falls linearly to f_min at cycle_length (0: max_iter).
+    per_process: n counts iterations x data-parallel processes, as a diffusers recipe's
+    scheduler under accelerate advances (AcceleratedScheduler.step steps num_processes times
+    per optimizer step); else n counts iterations (upstream's trainer)."""
 
     warmup_steps: int = 0
     f_start: float = 1e-6
     f_max: float = 1.0
     f_min: float = 0.0
     cycle_length: int = 0
+    per_process: bool = False
 
 
 @dataclass
@@ -64,6 +71,10 @@ class LossConfig:
     text_dropout: float = 0.2
     shift: float = 5.0
     cond_timestep: float = 1e-4
+    # Under precision=bf16 the DiT gets its timestep in bfloat16, as upstream's denoise casts it
+    # (pipelines/video2world.py, text2image.py: ``c_noise.to(**self.tensor_kwargs)``); diffusers'
+    # Predict2.5 recipe passes float32 (false in the GR1 experiments).
+    bf16_timestep: bool = True
 
 
 @dataclass
@@ -104,6 +115,9 @@ class DataConfig:
     synthetic: bool = False
     synthetic_videos: int = 8
     fps: int = 16
+    # stretch: resize to exactly height x width, as upstream (data/dataset_utils.py Resize_Preprocess)
+    # and diffusers' recipe (VideoProcessor.preprocess_video) do; crop: keep the aspect, centre-crop
+    resize_mode: str = "stretch"
 
 
 @dataclass
@@ -134,8 +148,11 @@ class Experiment:
     # auto (per block, sized to the device's free memory; refined after iteration 1): docs/benchmarks.md
     ac_mode: str | None = None
     fast_attention: bool | None = None  # FastCosmosAttnProcessor (fused QK-norm + RoPE; train/fast_attention.py)
-    # ranks that split one sample's video tokens (Ulysses, train/context_parallel.py); 1 = off
-    context_parallel: int = 1
+    # ranks that split one sample's video tokens (Ulysses, train/context_parallel.py); 1 = off;
+    # 0 = auto: upstream_context_parallel where the process count allows (resolve_context_parallel),
+    # so the global batch is upstream's on the same GPU count
+    context_parallel: int = 0
+    upstream_context_parallel: int = 1  # NVIDIA's model_parallel.context_parallel_size for this recipe
     compile: bool | None = None
     parity: bool = False  # deterministic algorithms + fixed data order
     resume: bool = True
@@ -288,6 +305,8 @@ def validate(exp: Experiment) -> None:
         if getattr(exp, key) not in choices:
             raise ExperimentError(f"{key}={getattr(exp, key)!r}: choose one of "
                                   f"{', '.join(c for c in choices if c is not None)}")
+    if exp.data.resize_mode not in ("stretch", "crop"):
+        raise ExperimentError(f"data.resize_mode={exp.data.resize_mode!r}: choose stretch (upstream) or crop")
     if exp.loss.recipe not in ("predict2", "predict2.5"):
         raise ExperimentError(f"loss.recipe={exp.loss.recipe!r}: choose predict2 or predict2.5")
     if exp.lora.kind not in ("none", "lora", "dora", "lokr"):
@@ -303,11 +322,43 @@ def validate(exp: Experiment) -> None:
             raise ExperimentError(f"{key}={getattr(exp, key)} must be at least 1")
     if not 1 <= exp.loss.min_cond_frames <= exp.loss.max_cond_frames:
         raise ExperimentError("need 1 <= loss.min_cond_frames <= loss.max_cond_frames")
-    if exp.context_parallel < 1:
-        raise ExperimentError(f"context_parallel={exp.context_parallel} must be at least 1 (1 = off)")
+    if exp.context_parallel < 0 or exp.upstream_context_parallel < 1:
+        raise ExperimentError(f"context_parallel={exp.context_parallel}: use 0 (auto, upstream's value), 1 (off) "
+                              "or the number of ranks that split each sample")
     if exp.context_parallel > 1 and exp.fast_attention is False:
         raise ExperimentError(f"context_parallel={exp.context_parallel} needs fast_attention=true (its processor does "
                               "the all-to-alls around the attention kernel)")
+
+
+def resolve_context_parallel(exp: Experiment, world_size: int) -> tuple[Experiment, str]:
+    """``exp`` with ``context_parallel=0`` (auto) decided for ``world_size`` processes, and a log
+    line that states the global batch.
+
+    Why: upstream's nemo_assets Video2World experiments split each sample over 2 (2B) or 8 (14B)
+    ranks, so N GPUs train N/2 (N/8) samples per step. Auto uses the same split, so the global
+    batch, and with it the loss curve per iteration, is upstream's on the same GPU count. Where
+    the split does not divide the process count (upstream would refuse to start), it takes the
+    largest that does, gcd(upstream, processes), and the line says so."""
+    exp = copy.deepcopy(exp)
+    up, note = exp.upstream_context_parallel, ""
+    if exp.context_parallel == 0:
+        exp.context_parallel = math.gcd(up, world_size)
+        if exp.context_parallel > 1 and exp.fast_attention is False:
+            raise ExperimentError(
+                f"fast_attention=false: this experiment splits each sample over {exp.context_parallel} ranks by "
+                f"default (context_parallel auto, upstream's {up}), which needs fast_attention=true; pass "
+                f"context_parallel=1 too (global batch then {exp.batch_size * exp.grad_accum * world_size})")
+        if up > 1:
+            note = f"; auto: upstream's {up}" + (f", which does not divide {world_size}" if exp.context_parallel != up else "")
+    validate(exp)
+    dp = world_size // exp.context_parallel if world_size % exp.context_parallel == 0 else 0
+    line = (f"global batch {exp.batch_size * exp.grad_accum * dp} samples per iteration = batch_size "
+            f"{exp.batch_size} x grad_accum {exp.grad_accum} x {dp} data-parallel ranks ({world_size} "
+            f"process{'es' if world_size != 1 else ''} / context_parallel {exp.context_parallel}{note})")
+    if up > 1:
+        theirs = f"{world_size // up}" if world_size % up == 0 else f"none (it needs a multiple of {up} GPUs)"
+        line += f"; upstream's trainer (context parallel {up}) on {world_size} GPUs: {theirs}"
+    return exp, line
 
 
 FAST_PARTS = ("fast_attention", "compile", "ac_auto")
@@ -346,8 +397,10 @@ def resolve_fast_path(exp: Experiment, proven: frozenset[str] | set[str]) -> tup
 
 
 def _nemo_video(preset: str, f_max: float, weight_decay: float) -> Experiment:
+    # model_parallel.context_parallel_size: 2 (2B), 8 (14B), in cosmos_nemo_assets.py and _lora.py
     return Experiment(
         task="video2world", preset=preset, max_iter=1000, save_iter=500, logging_iter=10,
+        upstream_context_parallel=8 if "14b" in preset else 2,
         optim=OptimConfig(lr=2**-14.5, weight_decay=weight_decay),
         schedule=ScheduleConfig(warmup_steps=0, f_max=f_max, f_min=0.0, cycle_length=1000),
         data=DataConfig(num_frames=93, height=704, width=1280, layout="nemo"),
@@ -401,15 +454,19 @@ def predict2_video2world_lora_training_14b_cosmos_nemo_assets() -> Experiment:
     return exp
 
 
-# Predict2.5 GR1 post-training, diffusers examples/cosmos/train_cosmos_predict25_lora.py:
-# velocity loss with shift 5, AdamW lr 2^-14.5 wd 1e-3, linear warm-up f_min 0.2 f_max 0.5.
+# Predict2.5 GR1 post-training, diffusers examples/cosmos/train_cosmos_predict25_lora.py (seed 000;
+# argparse defaults of diffusers commit 4ca86332): velocity loss with shift 5 and fp32 timestep;
+# torch.optim.AdamW(lr 2^-14.5, wd 1e-3) with torch's default betas (0.9, 0.999), eps 1e-8, clip 1.0;
+# get_linear_schedule_with_warmup(warm-up 1000 from 0 to f_max 0.5, then down to f_min 0.2 at
+# 100000), stepped by accelerate once per process per optimizer step (schedule.per_process).
 def _gr1(kind: str, rank: int) -> Experiment:
     return Experiment(
         task="video2world", preset="predict2.5-2b", max_iter=1000, save_iter=500, logging_iter=10,
         parallelism="ddp",
-        optim=OptimConfig(lr=2**-14.5, weight_decay=1e-3),
-        schedule=ScheduleConfig(warmup_steps=100, f_start=0.2, f_max=0.5, f_min=0.2, cycle_length=1000),
-        loss=LossConfig(recipe="predict2.5", loss_scale=1.0),
+        optim=OptimConfig(lr=2**-14.5, weight_decay=1e-3, betas=(0.9, 0.999)),
+        schedule=ScheduleConfig(warmup_steps=1000, f_start=0.0, f_max=0.5, f_min=0.2, cycle_length=100000,
+                                per_process=True),
+        loss=LossConfig(recipe="predict2.5", loss_scale=1.0, bf16_timestep=False),
         lora=LoraConfig(kind=kind, rank=rank, alpha=rank),
         ema=EMAConfig(enabled=False),
         data=DataConfig(num_frames=93, height=432, width=768, layout="gr1"),

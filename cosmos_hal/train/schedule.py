@@ -3,6 +3,8 @@
 f(n) = f_start + (f_max - f_start) * n / warmup           for n < warmup
 f(n) = f_min + (f_max - f_min) * (L - n) / (L - warmup)   otherwise (L = cycle length)
 lr(n) = base_lr * f(n). The Predict2 experiments use warmup 0, f_min 0, f_max 0.6 (2B v2w).
+diffusers' ``get_linear_schedule_with_warmup(f_min, f_max)`` (src/diffusers/optimization.py,
+used by examples/cosmos/train_cosmos_predict25_lora.py) is the same formula with f_start 0.
 """
 
 from __future__ import annotations
@@ -20,5 +22,8 @@ def lr_factor(n: int, cfg: ScheduleConfig, cycle_length: int) -> float:
     return cfg.f_min + (cfg.f_max - cfg.f_min) * max(0, cycle_length - n) / span
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, cycle_length: int):
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: lr_factor(n, cfg, cycle_length))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, cycle_length: int, processes: int = 1):
+    """LambdaLR over ``lr_factor``; with ``cfg.per_process`` iteration n reads f(n x processes)
+    (``processes``: the data-parallel size), as accelerate steps a diffusers recipe's schedule."""
+    k = max(1, int(processes)) if cfg.per_process else 1
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: lr_factor(n * k, cfg, cycle_length))

@@ -24,10 +24,11 @@ import cosmos_hal.backend as _backend
 from cosmos_hal import dist, rng
 from cosmos_hal.train import ac
 from cosmos_hal.train import checkpoint as ckpt
+from cosmos_hal.train import grad_clip
 from cosmos_hal.train import loss as losses
 from cosmos_hal.train.context_parallel import data_parallel, make_groups
 from cosmos_hal.train.ema import PowerEMA
-from cosmos_hal.train.experiments import Experiment, describe, resolve_fast_path
+from cosmos_hal.train.experiments import Experiment, describe, resolve_context_parallel, resolve_fast_path
 from cosmos_hal.train.metrics import MetricsLogger
 from cosmos_hal.train.parallelize import apply_fast_attention, parallelize, plan_auto_ac, set_grad_sync
 from cosmos_hal.train.schedule import build_scheduler
@@ -124,7 +125,8 @@ def build_data(exp: Experiment, preset, world, *, dp_rank: int | None = None, dp
     dataset = build_dataset(root, num_frames=exp.data.num_frames, resolution=(exp.data.height, exp.data.width),
                             layout=exp.data.layout, seed=exp.seed, skip_bad_samples=exp.data.skip_bad_samples,
                             latent_cache=cache, text_embed_dim=preset.context_dim,
-                            num_tokens=preset.text_max_length, text_features=features.name)
+                            num_tokens=preset.text_max_length, text_features=features.name,
+                            resize_mode=exp.data.resize_mode)
     loader = build_loader(dataset, batch_size=exp.batch_size, seed=exp.seed,
                           rank=world.rank if dp_rank is None else dp_rank,
                           world_size=world.world_size if dp_size is None else dp_size, num_workers=exp.data.num_workers,
@@ -224,6 +226,7 @@ def train(exp: Experiment) -> dict:
     if exp.parity:
         backend.set_deterministic(True)
         exp = dataclasses.replace(exp, logging_iter=1)
+    exp, batch_line = resolve_context_parallel(exp, world.world_size)
     cp = make_groups(world.world_size, world.rank, exp.context_parallel)
     dp_rank, dp_size = data_parallel(world.world_size, world.rank, exp.context_parallel)
     rng.seed_everything(exp.seed, dp_rank)  # the ranks of a context-parallel group act as one
@@ -234,6 +237,7 @@ def train(exp: Experiment) -> dict:
     logger.info(describe(exp))
     logger.info(fast_line)
     logger.info(f"backend {backend.name} ({world.dist_backend}), world size {world.world_size}, device {world.device}")
+    logger.info(batch_line)
     if cp.size > 1:
         logger.info(f"context parallel: {cp.size} ranks split each sample's tokens; data-parallel size {dp_size}")
     logger.info("kernels: " + ", ".join(f"{op}={k.name}" for op, k in _chosen_kernels(backend).items()))
@@ -270,7 +274,7 @@ def train(exp: Experiment) -> dict:
     logger.info(f"trainable parameters: {n_train:,} ({'adapters: ' + exp.lora.kind if exp.lora.kind != 'none' else 'full'})")
     optimizer = ops.fused_adamw(params, lr=exp.optim.lr, betas=exp.optim.betas, eps=exp.optim.eps,
                                 weight_decay=exp.optim.weight_decay)
-    scheduler = build_scheduler(optimizer, exp.schedule, exp.cycle_length())
+    scheduler = build_scheduler(optimizer, exp.schedule, exp.cycle_length(), processes=dp_size)
 
     iteration = 0
     found = ckpt.latest(ckpt_root) if exp.resume else None
@@ -296,6 +300,8 @@ def train(exp: Experiment) -> dict:
     allocated_before = ac.device_allocated_bytes()
     last_loss = math.nan
     first_losses: list[float] = []
+    nonfinite_sum = torch.zeros((), device=world.device)
+    sharded_grads = world.world_size > 1 and exp.parallelism == "fsdp"  # else every rank holds all gradients
 
     def save():
         path = ckpt.save(ckpt_root, iteration, model=owner, optimizer=optimizer, scheduler=scheduler, ema=ema,
@@ -315,6 +321,8 @@ def train(exp: Experiment) -> dict:
 
             def net_fn(x_in, timestep, cond_mask, text_keep):
                 ctx = text * text_keep.view(-1, 1, 1).to(text.dtype)
+                if amp and exp.loss.bf16_timestep:  # as upstream under bf16 (LossConfig.bf16_timestep)
+                    timestep = timestep.to(torch.bfloat16)
                 with torch.autocast(device_type=backend.device_type, dtype=torch.bfloat16, enabled=amp):
                     return net(hidden_states=x_in, timestep=timestep, encoder_hidden_states=ctx,
                                condition_mask=cond_mask if preset.has_condition_mask else None,
@@ -324,7 +332,8 @@ def train(exp: Experiment) -> dict:
                 loss, _ = losses.compute(net_fn, x0, draws, exp.loss, is_video=is_video)
                 (loss / exp.grad_accum).backward()
             loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, exp.optim.grad_clip if exp.optim.grad_clip > 0 else math.inf)
+        grad_norm, nonfinite = grad_clip.clip_(params, exp.optim.grad_clip, force_finite=exp.optim.zero_nonfinite_grads)
+        nonfinite_sum = nonfinite_sum + nonfinite.to(world.device)
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         lr = optimizer.param_groups[0]["lr"]
@@ -352,7 +361,10 @@ def train(exp: Experiment) -> dict:
                 "s_per_it": s_per_it,
                 "samples_per_s": exp.batch_size * exp.grad_accum * dp_size / s_per_it,
                 "mem_gb": memory_gb(backend), "backend": backend.name,
+                # gradient elements that were NaN/inf and zeroed before clipping, since the last line
+                "nonfinite_grads": int(dist.all_reduce(nonfinite_sum, "sum" if sharded_grads else "max")),
             }
+            nonfinite_sum = torch.zeros((), device=world.device)
             if len(first_losses) < 10:
                 first_losses.append(last_loss)
             logger.log(record)
