@@ -86,3 +86,12 @@ def test_a_target_without_version_information_is_recognised_by_content(upstream)
     version, how = identify(open_target(upstream), load_versions())
     assert version is not None and version.name == "1.0.9"
     assert "byte-identical to release 1.0.9's" in how
+
+
+def test_revert_after_a_forced_apply_needs_no_force(upstream):
+    _set_dist_version(upstream, "0.9.1")
+    before = snapshot(upstream)
+    assert _patch_tool("apply", "--target", upstream, "--force").returncode == 0
+    proc = _patch_tool("revert", "--target", upstream)
+    assert proc.returncode == 0, proc.stderr
+    assert snapshot(upstream) == before

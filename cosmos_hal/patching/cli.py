@@ -73,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         target = open_target(args.target)
         version, how = identify(target, load_versions(args.patches))
         print(f"target: {target.describe()}")
-        if version is None and not args.force:
+        # revert needs no version: it puts back the bytes state.json recorded, whatever the release
+        if version is None and not args.force and args.command != "revert":
             print(f"refused: {how}. Pass --force to try anyway (check reports what fits).", file=sys.stderr)
             return 1
-        print(f"upstream: {how}" if version else f"upstream: {how} -- continuing because of --force")
+        print(f"upstream: {how}" if version else
+              f"upstream: {how} -- continuing because of {'--force' if args.force else 'revert'}")
         if version is not None:
             chosen = [f for f in chosen if version.name in f.targets or args.force]
         identity = version.name if version else f"unknown ({how})"
