@@ -181,3 +181,21 @@ def test_experiment_overrides_for_seed_002_lokr_and_their_errors():
                       (["lora.kind=lokr", "lora.factor=0"], "lora.factor=4")):
         with pytest.raises(experiments.ExperimentError, match=word):
             experiments.get("tiny_text2image_synthetic", bad)
+
+
+@pytest.mark.slow
+def test_lokr_run_resumed_from_its_adapter_only_checkpoint_matches_the_uninterrupted_run(tmp_path):
+    from cosmos_hal.train import experiments
+    from cosmos_hal.train.trainer import train
+
+    def run(out, *extra):
+        train(experiments.get("tiny_text2image_synthetic", [
+            f"output_dir={out}", "logging_iter=1", "save_iter=2", "schedule.cycle_length=4", "lora.kind=lokr",
+            "lora.factor=4", "lora.rank=4", "optim.lr=1e-2", *extra]))
+        return {r["iteration"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+
+    full = run(tmp_path / "full", "max_iter=4")
+    run(tmp_path / "part", "max_iter=2")
+    (tmp_path / "part" / "metrics.jsonl").unlink()
+    resumed = run(tmp_path / "part", "max_iter=4")
+    assert sorted(resumed) == [3, 4] and all(resumed[i] == full[i] for i in (3, 4)), (resumed, full)
