@@ -17,7 +17,9 @@ usage: bash train.sh [--EXP=<experiment>] [--nproc_per_node=N] [--nnodes=N] [--n
   --list            print the experiment names and exit
   key=value         experiment overrides, nested with dots: max_iter=20 optim.lr=1e-4
                     output_dir=/path model_path=/weights dataset_path=/data parity=true
-                    speed: fast_attention=true compile=true ac_mode=auto (docs/benchmarks.md);
+                    speed: the Predict2/2.5 experiments run the fast path the backend has
+                    proven (fast=auto: fused attention, compiled blocks, ac_mode=auto sized to
+                    free memory); fast=off is the plain path, fast=on forces it (docs/training.md);
                     memory: context_parallel=2 splits each sample's tokens over 2 ranks
 
 With no arguments it trains the tiny default on whatever hardware there is.
@@ -112,15 +114,58 @@ source tools/setup_env.sh
 if [[ "$LIST" == 1 ]]; then exec "$PYTHON" -m cosmos_hal train --list; fi
 EXP="${EXP:-tiny_video2world_synthetic}"
 
+# Stopping (docs/training.md, "Stopping a run"). SIGTERM, SIGINT or SIGHUP to this script (timeout,
+# Slurm, Ctrl-C) sends SIGTERM once to every process of the run; the ranks end at once
+# (cosmos_hal/liveness.py); whatever is left after COSMOS_HAL_STOP_GRACE seconds is killed. The
+# run's processes are found by COSMOS_HAL_RUN_ID in their environment: torchrun starts each rank
+# in a session of its own, out of reach of a process-group kill. torchrun runs in its own session
+# too (only this script signals it, once) and gets SIGTERM if this script is killed outright.
+STOP_GRACE="${COSMOS_HAL_STOP_GRACE:-20}"
+need_int COSMOS_HAL_STOP_GRACE "$STOP_GRACE"
+export COSMOS_HAL_RUN_ID="train.sh:${HOSTNAME:-node}:$$:$RANDOM$RANDOM"
+NEW_SESSION='import ctypes, os, signal, sys
+os.setsid()
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG: end with train.sh
+except (OSError, AttributeError):
+    pass
+os.execv(sys.executable, [sys.executable] + sys.argv[1:])'
+
+run_pids() {  # processes of this run still alive, except this script and the log's tee
+    local f p
+    for f in $(env -u COSMOS_HAL_RUN_ID grep -lsxzF "COSMOS_HAL_RUN_ID=$COSMOS_HAL_RUN_ID" /proc/[0-9]*/environ); do
+        p="${f#/proc/}"; p="${p%/environ}"
+        [[ "$p" == "$$" || "$p" == "${TEE_PID:-}" ]] || echo "$p"
+    done
+}
+signal_run() { local p; for p in $(run_pids); do kill -"$1" "$p" 2>/dev/null || true; done; }
+finish() {  # kill leftovers, let tee write the last lines, exit with $1
+    signal_run KILL
+    exec 3>&-
+    [[ -z "${TEE_PID:-}" ]] || wait "$TEE_PID" 2>/dev/null || true
+    exit "$1"
+}
+stop() {
+    local sig="$1" waited=0
+    trap '' INT TERM HUP
+    echo "[train.sh] SIG$sig: stopping the run (SIGTERM to torchrun and the ranks, SIGKILL after ${STOP_GRACE} s)" >&2
+    signal_run TERM
+    while [[ -n "$(run_pids)" ]] && (( waited < STOP_GRACE * 5 )); do sleep 0.2; waited=$((waited + 1)); done
+    finish $((128 + $(kill -l "$sig")))
+}
+trap 'stop TERM' TERM
+trap 'stop INT' INT
+trap 'stop HUP' HUP
+
 # Validate the experiment and overrides before starting any process; pick the backend.
 PLAN="$("$PYTHON" -m cosmos_hal train --check --EXP="$EXP" ${BACKEND:+--backend="$BACKEND"} "${OVERRIDES[@]}")" \
     || { usage >&2; exit 2; }
-eval "$PLAN"   # OUT_DIR, BACKEND, DEVICES
+eval "$PLAN"   # OUT_DIR, BACKEND, DEVICES, DIST_TIMEOUT
 if [[ -z "$NPROC" ]]; then
     if [[ "$BACKEND" == cpu ]]; then NPROC=1; else NPROC="$DEVICES"; fi
 fi
 
-ENV_ARGS=(--backend="$BACKEND" --nproc_per_node="$NPROC" --nnodes="$NNODES")
+ENV_ARGS=(--backend="$BACKEND" --nproc_per_node="$NPROC" --nnodes="$NNODES" --dist_timeout="$DIST_TIMEOUT")
 [[ -n "$HCCL_IF_IP" ]] && ENV_ARGS+=(--hccl_if_ip="$HCCL_IF_IP")
 [[ "$PARITY" == 1 ]] && ENV_ARGS+=(--parity)
 LAUNCH_ENV="$("$PYTHON" -m cosmos_hal launch-env "${ENV_ARGS[@]}")"
@@ -136,6 +181,11 @@ fi
 mkdir -p "$OUT_DIR"
 LOG="$OUT_DIR/train_node${NODE_RANK}.log"
 echo "[train.sh] $EXP on $BACKEND: $NNODES node(s) x $NPROC process(es), node_rank $NODE_RANK; log $LOG" >&2
-set -o pipefail
-"$PYTHON" -m torch.distributed.run "${RUN[@]}" -m cosmos_hal train --EXP="$EXP" --backend="$BACKEND" \
-    "${OVERRIDES[@]}" 2>&1 | tee -a "$LOG"
+
+exec 3> >(trap '' INT TERM HUP; exec tee -a "$LOG")  # tee outlives the run's last line, not a signal
+TEE_PID=$!
+"$PYTHON" -c "$NEW_SESSION" -m torch.distributed.run "${RUN[@]}" -m cosmos_hal train --EXP="$EXP" \
+    --backend="$BACKEND" "${OVERRIDES[@]}" >&3 2>&1 &
+RC=0
+wait $! || RC=$?
+finish "$RC"

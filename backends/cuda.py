@@ -97,6 +97,9 @@ class CudaBackend(Backend):
                 v[mod] = version
         return v
 
+    def visible_devices_env(self) -> str:
+        return "CUDA_VISIBLE_DEVICES"
+
     def launch_env(self, args=None) -> dict[str, str]:
         env = {"TORCH_NCCL_ASYNC_ERROR_HANDLING": "1", "NCCL_DEBUG": "WARN"}
         if getattr(args, "parity", False):

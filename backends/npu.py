@@ -105,6 +105,9 @@ class NpuBackend(Backend):
             v["cann"] = cann
         return v
 
+    def visible_devices_env(self) -> str:
+        return "ASCEND_RT_VISIBLE_DEVICES"
+
     def launch_env(self, args=None) -> dict[str, str]:
         """What Ascend's Cosmos train.sh exports, plus multi-node and parity settings."""
         env = {
@@ -115,8 +118,14 @@ class NpuBackend(Backend):
         }
         if getattr(args, "hccl_if_ip", None):
             env["HCCL_IF_IP"] = args.hccl_if_ip  # per node: each node its own IP
+        # torch_npu asks for HCCL's own timeouts below the process group's (dist_timeout), so
+        # that a hung collective fails with HCCL's reason; HCCL_EXEC_TIMEOUT defaults to 1836 s.
+        limit = float(getattr(args, "dist_timeout", None) or 1800)
+        env["HCCL_EXEC_TIMEOUT"] = str(max(1, int(limit * 0.9)))
+        env["HCCL_ASYNC_ERROR_HANDLING"] = "1"  # the watchdog ends the rank on an HCCL error
         if int(getattr(args, "nnodes", 1) or 1) > 1:
-            env["HCCL_CONNECT_TIMEOUT"] = "1200"  # default 120 s is short for slow-starting nodes
+            # default 120 s is short for slow-starting nodes; HCCL accepts 120..7200
+            env["HCCL_CONNECT_TIMEOUT"] = str(max(120, min(1200, int(limit * 0.9))))
         if getattr(args, "parity", False):
             env["HCCL_DETERMINISTIC"] = "true"
             env["CLOSE_MATMUL_K_SHIFT"] = "1"

@@ -123,6 +123,10 @@ class Backend:
 
         return {op: registry.available(op, self.name) for op in registry.ops()}
 
+    def visible_devices_env(self) -> str:
+        """The environment variable that limits a process to some devices ("" where none does)."""
+        return ""
+
     def launch_env(self, args: Any = None) -> dict[str, str]:
         """Environment variables train.sh exports before torchrun (collective, allocator)."""
         return {}

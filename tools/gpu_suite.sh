@@ -5,6 +5,9 @@
 #   bash tools/gpu_suite.sh train_bench      # tools/bench_train_step.py at 93x432x768
 #   bash tools/gpu_suite.sh train_bench_704  # the same at 93x704x1280 (a slot of its own)
 #   bash tools/gpu_suite.sh infer_bench      # tools/bench_infer.py + predict2-2b training steps
+#   bash tools/gpu_suite.sh train_sh_bench   # train.sh defaults vs fast=off vs the reference
+#                                            # (SHAPES=93x432x768, DEVICES=0,1 runs jobs side by side)
+#   bash tools/gpu_suite.sh memory_test      # ac_mode=auto with another process holding the GPU
 # Results go to $OUT (default ./gpu_results). Several parts may be given in one call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -72,6 +75,20 @@ train_bench_704() {  # 93x704x1280, both modes and paths: about 6 minutes on an 
         --out "$OUT/bench_train_step_704.json" --md "$OUT/bench_train_step_704.md"
 }
 
+train_sh_bench() {  # the user's train.sh command: defaults, fast=off and the diffusers reference
+    local shapes="${SHAPES:-93x432x768}" tag="${SHAPES:-93x432x768}"
+    tag="${tag//,/_}"
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step "train_sh_$tag" "${TRAIN_SH_TIMEOUT:-570}" \
+        $PY tools/bench_train_sh.py --shapes "$shapes" --devices "${DEVICES:-}" --iters "${ITERS:-8}" \
+        --timeout-s "${JOB_TIMEOUT:-540}" --work /tmp/train_sh_runs --out "$OUT/train_sh_$tag.json" \
+        --md "$OUT/train_sh_$tag.md"
+    tar -czf "$OUT/train_sh_${tag}_logs.tgz" -C /tmp/train_sh_runs . 2>/dev/null
+}
+
+memory_test() {
+    step memory_test 400 $PY -m pytest -q -p no:cacheprovider tests/test_memory_budget_gpu.py
+}
+
 infer_bench() {
     step bench_infer 170 $PY tools/bench_infer.py --json_out "$OUT/bench_infer.json"
     step train_2b_704 200 bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \
@@ -80,12 +97,12 @@ infer_bench() {
     cp /tmp/bench_2b_704/metrics.jsonl "$OUT/train_2b_704_metrics.jsonl" 2>/dev/null
 }
 
-[ $# -gt 0 ] || { sed -n 2,9p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n 2,12p "$0"; exit 2; }
 setup || { echo "setup failed"; exit 1; }
 for part in "$@"; do
     case "$part" in
         setup) ;;
-        check|parity|train_bench|train_bench_704|infer_bench) "$part" ;;
+        check|parity|train_bench|train_bench_704|infer_bench|train_sh_bench|memory_test) "$part" ;;
         *) echo "unknown part: $part"; exit 2 ;;
     esac
 done

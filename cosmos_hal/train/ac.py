@@ -422,14 +422,15 @@ def device_budget(headroom: float = 0.10) -> DeviceBudget:
 
 def auto_plan(model, forward, *, total_bytes: int, headroom: float = 0.10, autocast_dtype=torch.bfloat16,
               device_type: str | None = None, batch: int = 1, state_shards: int = 1,
-              bf16_params: bool = False) -> tuple[list[str], BlockMemory, float]:
+              bf16_params: bool = False, ema_shadows: bool = False) -> tuple[list[str], BlockMemory, float]:
     """Per-block modes for ``model`` sized to ``total_bytes`` of device memory, in one call.
 
     ``forward()`` runs one real training forward (it is stopped at block 0); block 0 is then
     probed in every mode at those inputs. ``batch``: samples per step when ``forward`` runs
     fewer (activations scale linearly). ``state_shards``: FSDP's world size (weights, grads and
     optimizer states are split that many ways). ``bf16_params``: FSDP2 gathers blocks in bf16
-    (no autocast weight copies; two gathered blocks instead). Returns (modes, the probe, the activation budget).
+    (no autocast weight copies; two gathered blocks instead). ``ema_shadows``: the EMA's fp32
+    copies of the trainable weights live on the device too. Returns (modes, the probe, the activation budget).
     Call it after adapters are added and before compile; gradients it makes are cleared."""
     args, kwargs = capture_block_inputs(model, forward)
     memory = probe_block_memory(model, args, kwargs, autocast_dtype=autocast_dtype, device_type=device_type)
@@ -442,6 +443,8 @@ def auto_plan(model, forward, *, total_bytes: int, headroom: float = 0.10, autoc
         persistent = persistent_bytes(model, autocast_weight_bytes=0) / max(1, state_shards) + 2 * 2 * block_params
     else:
         persistent = persistent_bytes(model) / max(1, state_shards)
+    if ema_shadows:  # fp32 EMA copies of the trainable weights (train/ema.py), sharded like them
+        persistent += 4 * sum(p.numel() for p in model.parameters() if p.requires_grad) / max(1, state_shards)
     budget = activation_budget(total_bytes=total_bytes, persistent_bytes=persistent,
                                backward_peak_bytes=memory.backward_peak, other_bytes=6 * memory.output,
                                headroom=headroom)

@@ -67,7 +67,7 @@ def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device, *,
         model, lambda: forward_loss(model, inp, amp_dtype=amp, device_type=device.type), total_bytes=budget.usable,
         headroom=budget.headroom, autocast_dtype=amp, device_type=device.type,
         batch=exp.batch_size / exp.context_parallel, state_shards=world_size if fsdp else 1,
-        bf16_params=fsdp and amp is not None)
+        bf16_params=fsdp and amp is not None, ema_shadows=exp.ema.enabled)
     del inp
     counts = ", ".join(f"{m} {modes.count(m)}" for m in ac.LADDER if modes.count(m))
     if not budget.total:
