@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nnodes", type=int, default=1)
     p.add_argument("--hccl_if_ip", default=None)
     p.add_argument("--parity", action="store_true")
+    p.add_argument("--dist_timeout", type=float, default=None,
+                   help="the experiment's collective timeout in seconds (backends align their own to it)")
 
     p = sub.add_parser("train", help="train an experiment (train.sh runs this under torchrun)",
                        description="Train an experiment. Overrides are key=value (nested with dots, "
@@ -69,6 +71,7 @@ def _train(args) -> int:
         print(f"OUT_DIR={shlex.quote(exp.resolved_output_dir())}")
         print(f"BACKEND={chosen.name}")
         print(f"DEVICES={max(1, chosen.device_count())}")
+        print(f"DIST_TIMEOUT={exp.dist_timeout:g}")
         return 0
     if args.backend:
         from cosmos_hal.backend import use
@@ -76,8 +79,26 @@ def _train(args) -> int:
         use(args.backend)
     from cosmos_hal.train.trainer import train
 
-    train(exp)
+    try:
+        train(exp)
+    except RuntimeError as exc:
+        _exit_if_ranks_failed(exc)
+        raise
     return 0
+
+
+def _exit_if_ranks_failed(exc: RuntimeError) -> None:
+    """When other ranks went silent, say which and exit now: tearing down a process group
+    whose peers are gone can hang, which is how ranks used to outlive their run."""
+    import os
+
+    from cosmos_hal import dist
+
+    named = dist.explain_failure(exc)
+    if named is not None:
+        print(f"error: {named}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(1)
 
 
 def _launch_env(args) -> int:

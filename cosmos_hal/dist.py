@@ -14,6 +14,7 @@ import torch
 import torch.distributed as tdist
 
 import cosmos_hal.backend as _backend
+from cosmos_hal import liveness
 
 # torchrun sets all of these; a launcher that sets some but not others is a mistake.
 TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -71,13 +72,24 @@ def env_world() -> dict[str, int] | None:
     return info
 
 
+DEFAULT_TIMEOUT_S = 1800.0  # torch's gloo default; HCCL's own exec timeout is 1836 s
+_heartbeat: liveness.Heartbeat | None = None
+
+
+class RankFailedError(RuntimeError):
+    """A collective failed because other ranks stopped answering; the message names them."""
+
+
 def init(timeout_s: float | None = None, backend=None) -> World:
     """Initialise the process group if torchrun launched us; bind the device to LOCAL_RANK.
 
-    Safe to call twice. ``timeout_s`` defaults to ``COSMOS_HAL_DIST_TIMEOUT`` or 1800 s
-    (HCCL's first connection across nodes can take minutes).
+    Safe to call twice. ``timeout_s`` (the experiment's ``dist_timeout``) defaults to
+    ``COSMOS_HAL_DIST_TIMEOUT`` or 1800 s: how long any collective may wait for the other
+    ranks before this rank gives up (HCCL's first connection across nodes can take minutes).
+    A rank launched by torchrun dies with it (:func:`liveness.tie_to_launcher`), and with
+    more than one rank a heartbeat lets :func:`explain_failure` name a rank that went away.
     """
-    global _world
+    global _world, _heartbeat
     if _world is not None:
         return _world
     be = backend or _backend.current()
@@ -85,9 +97,11 @@ def init(timeout_s: float | None = None, backend=None) -> World:
     if info is None:
         _world = World(device=be.device(0), dist_backend="none")
         return _world
+    if liveness.launched_by_torchrun():
+        liveness.tie_to_launcher()
     be.set_device(info["local_rank"])
+    timeout = float(timeout_s or os.environ.get("COSMOS_HAL_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
     if not tdist.is_initialized():
-        timeout = float(timeout_s or os.environ.get("COSMOS_HAL_DIST_TIMEOUT", 1800))
         kwargs = {}
         if be.device_type != "cpu":
             kwargs["device_id"] = be.device(info["local_rank"])
@@ -97,7 +111,34 @@ def init(timeout_s: float | None = None, backend=None) -> World:
             rank=info["rank"], world_size=info["world_size"], **kwargs,
         )
     _world = World(device=be.device(info["local_rank"]), dist_backend=be.dist_backend, **info)
+    if info["world_size"] > 1 and _heartbeat is None:
+        _heartbeat = liveness.Heartbeat(info["rank"], info["world_size"], liveness.heartbeat_interval(timeout))
     return _world
+
+
+def explain_failure(exc: BaseException) -> RankFailedError | None:
+    """After ``exc`` ended this rank's training: if other ranks stopped answering (died, froze,
+    lost their network), an error that names them; None when everyone is still there.
+
+    Takes a few heartbeats (3 x dist_timeout/10, at most 15 s) to tell silent ranks from slow ones.
+    """
+    if _heartbeat is None or not isinstance(exc, RuntimeError):
+        return None
+    me = _heartbeat.rank
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    try:
+        silent = _heartbeat.silent_ranks()
+    except Exception as store_exc:
+        return RankFailedError(
+            f"rank {me}: a collective failed ({first}) and the rendezvous store at "
+            f"{_heartbeat.host}:{_heartbeat.port} no longer answers ({type(store_exc).__name__}): what "
+            f"held it is gone (torchrun on node 0; without torchrun, rank 0); rank {me} stops too")
+    if not silent:
+        return None
+    names = "; ".join(f"rank {r} ({who})" for r, who in sorted(silent.items()))
+    return RankFailedError(
+        f"{names} stopped answering (its heartbeat stood still for {3 * _heartbeat.interval:.0f} s): it died, "
+        f"froze or lost its network; rank {me} stops too. The collective's error was: {first}")
 
 
 def world() -> World:
@@ -134,10 +175,12 @@ def all_reduce_scalar(value: float, op: str = "mean") -> float:
 
 def shutdown() -> None:
     """Destroy the process group (after a barrier, so no rank leaves early)."""
-    global _world
+    global _world, _heartbeat
     if tdist.is_initialized():
         try:
             barrier()
         finally:
             tdist.destroy_process_group()
-    _world = None
+    if _heartbeat is not None:
+        _heartbeat.stop()
+    _world = _heartbeat = None

@@ -156,6 +156,9 @@ class Experiment:
     compile: bool | None = None
     parity: bool = False  # deterministic algorithms + fixed data order
     resume: bool = True
+    # seconds a collective may wait for the other ranks before this rank stops with an error
+    # naming the ones that went silent (gloo, NCCL and HCCL alike; docs/training.md "Stopping a run")
+    dist_timeout: float = 1800.0
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -322,6 +325,9 @@ def validate(exp: Experiment) -> None:
             raise ExperimentError(f"{key}={getattr(exp, key)} must be at least 1")
     if not 1 <= exp.loss.min_cond_frames <= exp.loss.max_cond_frames:
         raise ExperimentError("need 1 <= loss.min_cond_frames <= loss.max_cond_frames")
+    if not exp.dist_timeout > 0:
+        raise ExperimentError(f"dist_timeout={exp.dist_timeout}: give the collective timeout in seconds, "
+                              f"e.g. dist_timeout=1800 (the default) or dist_timeout=300 to fail fast")
     if exp.context_parallel < 0 or exp.upstream_context_parallel < 1:
         raise ExperimentError(f"context_parallel={exp.context_parallel}: use 0 (auto, upstream's value), 1 (off) "
                               "or the number of ranks that split each sample")

@@ -222,7 +222,7 @@ def refine_ac(model, memory, budget, allocated_before: int, logger) -> None:
 def train(exp: Experiment) -> dict:
     """Run ``exp`` to max_iter (resuming from the latest checkpoint); returns a summary."""
     backend = _backend.current()
-    world = dist.init()
+    world = dist.init(timeout_s=exp.dist_timeout)
     if exp.parity:
         backend.set_deterministic(True)
         exp = dataclasses.replace(exp, logging_iter=1)
