@@ -82,8 +82,8 @@ class Heartbeat:
         while not self._stop.wait(self.interval):
             try:
                 self._store.add(self._key(self.rank), 1)
-            except Exception:  # the store is gone: the run is ending, nothing to report to
-                return
+            except Exception:  # slow or gone; keep trying (a daemon thread: it ends with the rank)
+                continue
 
     def stop(self) -> None:
         self._stop.set()
