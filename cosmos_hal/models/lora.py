@@ -127,6 +127,12 @@ def _fork_rng_of(model):
     return torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
 
 
+def _row_norms(layer) -> torch.Tensor:
+    """DoRA's initial magnitude, ||W|| per output row (peft's ``get_weight_norm`` with lora_B = 0),
+    in float64 on the CPU: the same fp32 values whichever device holds the layer."""
+    return torch.linalg.vector_norm(layer.get_base_layer().weight.detach().to("cpu", torch.float64), dim=1).float()
+
+
 def add_adapters(
     model, rank: int, alpha: float | None = None, *, use_dora: bool = False, kind: str | None = None,
     factor: int = -1, init: str = "peft", targets=DEFAULT_TARGETS, adapter_name: str = ADAPTER_NAME, seed: int = 0,
@@ -135,8 +141,9 @@ def add_adapters(
 
     ``kind`` (lora | dora | lokr) defaults to dora with ``use_dora`` else lora; ``factor`` is
     LoKr's decompose factor. The random factors are re-drawn by ``init_draw`` (peft's
-    distribution, keyed by seed and name), leaving torch's generators untouched; the zero
-    factor (lora_B, lokr_w1) stays zero, so the adapted model starts equal to the base."""
+    distribution, keyed by seed and name), leaving torch's generators untouched, and DoRA's
+    magnitudes by ``_row_norms``; the zero factor (lora_B, lokr_w1) stays zero, so the adapted
+    model starts equal to the base (DoRA: to rounding)."""
     kind = kind or ("dora" if use_dora else "lora")
     config = adapter_config(kind, rank, alpha, factor=factor, targets=targets, init=init)
     model.requires_grad_(False)
@@ -152,6 +159,9 @@ def add_adapters(
             if part in _RANDOM_PARTS and not p.is_meta:
                 with torch.no_grad():
                     p.copy_(init_draw(name, p.shape, seed=seed, init=init, rank=rank))
+            elif part == "lora_magnitude_vector" and not p.is_meta:
+                with torch.no_grad():
+                    p.copy_(_row_norms(model.get_submodule(name.split(".lora_magnitude_vector")[0])))
             n += p.numel()
     if n == 0:
         raise RuntimeError(f"add_adapters: no module matched the targets {list(targets)}")
