@@ -28,7 +28,8 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
                    help="DiT shape of a .pt checkpoint (default predict2-2b / predict2-2b-t2i; e.g. predict2-14b)")
     g.add_argument("--ema", action="store_true", help="NVIDIA training checkpoints: use the net_ema.* weights")
     g.add_argument("--lora", "--lora_dir", action="extend", nargs="+", default=[], metavar="PATH[:SCALE]",
-                   help="LoRA/DoRA adapter folder or pytorch_lora_weights.safetensors, with an optional scale "
+                   help="LoRA/DoRA/LoKr adapter folder or pytorch_lora_weights.safetensors (LyCORIS LoKr too), "
+                        "with an optional scale "
                         "(default 1.0); several (--lora A:0.7 B:0.3, or --lora repeated) are mixed")
     g.add_argument("--fuse_lora", action="store_true", help="merge the adapters into the weights (faster steps)")
 
