@@ -31,7 +31,8 @@ from cosmos_hal.infer.errors import InferenceInputError
 from cosmos_hal.models.lora import ADAPTER_KEY as _KEY
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
-_LYCORIS_KEY = re.compile(r"^lycoris_(?P<module>\w+)\.(?P<part>lokr_w1|lokr_w1_a|lokr_w1_b|lokr_w2|lokr_w2_a|lokr_w2_b|alpha)$")
+_LYCORIS_KEY = re.compile(r"^lycoris_(?P<module>\w+)\.(?P<part>lokr_w1|lokr_w1_a|lokr_w1_b|lokr_w2|lokr_w2_a|lokr_w2_b"
+                          r"|alpha)$")
 _FORMATS = ("diffusers/peft keys transformer.<module>.lora_A.weight / lora_B.weight / lora_magnitude_vector "
             "(LoRA, DoRA) or transformer.<module>.lokr_w1 / lokr_w2 (LoKr), or LyCORIS LoKr keys "
             "lycoris_<module>.lokr_w1 / lokr_w2 / alpha")

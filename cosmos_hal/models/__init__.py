@@ -7,6 +7,7 @@ Public entry points (import the submodule; nothing heavy is imported here):
 - text: ``load_text_encoder``, ``encode_prompts``
 - loading: ``load_transformer_weights``, ``read_transformer_state_dict``, ``CheckpointMismatchError``
 - convert: ``upstream_to_diffusers``, ``diffusers_to_upstream`` (NVIDIA MiniTrainDIT <-> diffusers keys)
-- lora: ``add_adapters`` / ``apply_lora``, ``save_adapters`` / ``save_lora_weights``, ``load_adapters``
+- lora (LoRA / DoRA / LoKr): ``add_adapters`` / ``apply_lora``, ``save_adapters`` / ``save_lora_weights``,
+  ``load_adapters``
 - processor: ``install_processor`` (cosmos_hal attention inside diffusers' Cosmos attention)
 """
