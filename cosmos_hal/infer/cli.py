@@ -43,6 +43,10 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
     g = p.add_argument_group("sampling")
     h, w = DEFAULT_SIZE[task]
     g.add_argument("--num_steps", type=int, default=35, help="denoising steps (default 35)")
+    g.add_argument("--sampler", choices=["upstream", "diffusers"], default=None,
+                   help="upstream (default for Predict2): cosmos-predict2's 2nd-order multistep sampler with a final "
+                        "clean pass, num_steps+1 model calls; diffusers: the pipeline's first-order Euler "
+                        "(Predict2.5 always uses its own scheduler)")
     g.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale; <= 1 disables it")
     g.add_argument("--seed", type=int, default=0, help="noise seed; same seed, same noise on every backend")
     g.add_argument("--height", type=int, default=h, help=f"output height, a multiple of 16 (default {h})")
@@ -83,7 +87,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     _common(p, "video2world")
     g = p.add_argument_group("video")
     g.add_argument("--image", default=None, help="conditioning image (first frame)")
-    g.add_argument("--video", default=None, help="conditioning video (its last frames condition)")
+    g.add_argument("--video", default=None, help="conditioning video (its last --num_conditional_frames condition)")
+    g.add_argument("--num_conditional_frames", type=int, choices=[1, 5], default=None,
+                   help="pixel frames to condition on, taken from the end of --video: 1 or 5 (1 or 2 latent "
+                        "frames, as Predict2 was trained); default 5 for --video, 1 for --image")
     g.add_argument("--batch_dir", "--data_dir", default=None,
                    help="folder of NAME.png + NAME.txt pairs; writes --out/NAME.mp4 for each")
     g.add_argument("--skip_existing", action="store_true", help="batch mode: keep mp4s that already exist")
@@ -146,6 +153,9 @@ def _check_args(args) -> None:
         if args.image or args.video or args.prompt or args.prompt_file:
             raise InferenceInputError("--batch_dir takes image and prompt from its NAME.png/NAME.txt pairs; "
                                       "drop --image/--video/--prompt/--prompt_file")
+        if args.num_conditional_frames not in (None, 1):
+            raise InferenceInputError(f"--num_conditional_frames {args.num_conditional_frames}: --batch_dir "
+                                      "conditions on one image per video; drop it or pass 1")
         from cosmos_hal.infer.batch import find_pairs
 
         find_pairs(args.batch_dir)
@@ -155,7 +165,7 @@ def _check_args(args) -> None:
 
 def _request(args):
     from cosmos_hal.infer import checks
-    from cosmos_hal.infer.conditioning import load_conditioning
+    from cosmos_hal.infer.conditioning import conditioned_latent_frames, load_conditioning, pixel_frames
     from cosmos_hal.infer.generate import Request
 
     video = args.task == "video2world"
@@ -172,7 +182,8 @@ def _request(args):
     if video:
         req.num_frames, req.fps = args.num_frames, args.fps
         if not batch:
-            req.conditioning = load_conditioning(args.image, args.video)
+            req.conditioning = load_conditioning(args.image, args.video, args.num_conditional_frames)
+            conditioned_latent_frames(pixel_frames(req.conditioning), req.num_frames)  # before the model loads
     return req
 
 
@@ -191,6 +202,7 @@ def run(args) -> list[Path]:
         preset=args.preset, ema=args.ema, dtype=args.dtype, processor=args.processor,
         fps_scaling=getattr(args, "fps_scaling", False), offload=args.offload, guardrail=args.guardrail,
         loras=[parse_lora_arg(t) for t in args.lora], fuse_lora=args.fuse_lora,
+        sampler=args.sampler,
     )
     pipe = load_pipeline(opts, backend)
     if args.task == "video2world" and args.batch_dir is not None:

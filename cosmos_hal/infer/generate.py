@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cosmos_hal.infer import noise, rope_fps
+from cosmos_hal.infer.conditioning import conditioned_latent_frames, pixel_frames
 from cosmos_hal.infer.loader import PREDICT25_PIPELINE
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 @dataclass
 class Request:
     """One sample. ``conditioning`` is ``{"image": PIL}`` or ``{"video": [PIL, ...]}``
-    (Video2World only); ``index`` keys the noise draw within a batch run."""
+    (Video2World only: the 1 or 5 conditioning frames, see conditioning.py); ``index`` keys
+    the noise draw within a batch run."""
 
     prompt: str
     negative_prompt: str | None = None
@@ -63,10 +65,23 @@ def _pipe_kwargs(pipe, req: Request, *, image: bool) -> dict:
     )
 
 
+def _conditioned_latent_frames(pipe, req: Request) -> int:
+    """Latent frames the conditioning input fills (logged); refuses one that fills them all."""
+    pixels = pixel_frames(req.conditioning)
+    cond, total = conditioned_latent_frames(pixels, req.num_frames, pipe.vae_scale_factor_temporal)
+    what = f"the last {pixels} frame(s) of the video" if "video" in req.conditioning else "the image"
+    log.info("conditioning on %s: %d of %d latent frames are given, %d generated", what, cond, total, total - cond)
+    return cond
+
+
 def video2world(pipe, req: Request) -> np.ndarray:
     """(T, H, W, 3) uint8 frames of the generated video."""
+    cond = _conditioned_latent_frames(pipe, req)
     kwargs = dict(_pipe_kwargs(pipe, req, image=False), num_frames=req.num_frames, **req.conditioning)
-    if type(pipe).__name__ != PREDICT25_PIPELINE:  # Predict2.5's pipeline takes no fps
+    if type(pipe).__name__ == PREDICT25_PIPELINE:
+        if "video" in req.conditioning:  # it slices the clip itself, 2 latent frames by default
+            kwargs["num_latent_conditional_frames"] = cond
+    else:  # Predict2.5's pipeline takes no fps
         # Without --fps_scaling the transformer ignores it (rope_fps); either way it is logged.
         kwargs["fps"] = req.fps
         log.info("temporal RoPE scale %.3g (fps %s)", rope_fps.temporal_rope_scale(pipe.transformer, req.fps), req.fps)

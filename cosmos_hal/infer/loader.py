@@ -59,6 +59,7 @@ class LoadOptions:
     guardrail: bool = False
     loras: list = field(default_factory=list)  # adapters.LoraSpec, loaded before placement
     fuse_lora: bool = False
+    sampler: str | None = None  # upstream | diffusers; None: upstream (Predict2), the pipeline's own (2.5)
 
 
 def resolve_dtype(name: str | None, backend) -> torch.dtype:
@@ -171,12 +172,14 @@ def use_posterior_mean(vae) -> None:
 def load_pipeline(opts: LoadOptions, backend=None):
     """A ready pipeline: components in ``opts.dtype`` on ``backend``'s device (or offloaded)."""
     from cosmos_hal.backend import current
+    from cosmos_hal.infer.sampler import use_sampler
 
     backend = backend or current()
     model = checks.check_model_source(opts.model, opts.vae_path, opts.text_encoder_path)
     dtype = resolve_dtype(opts.dtype, backend)
     device = backend.device(0)
     name = pipeline_class_name(model, opts.task)
+    sampler = resolve_sampler(name, opts.sampler)
     cls = _pipeline_class(name)
     checker = guardrail.safety_checker(opts.guardrail)
     place = torch.device("cpu") if opts.offload else device
@@ -201,6 +204,7 @@ def load_pipeline(opts: LoadOptions, backend=None):
     pipe.vae.eval().requires_grad_(False)
     pipe.text_encoder.eval().requires_grad_(False)
     use_posterior_mean(pipe.vae)
+    use_sampler(pipe, sampler)
     if not opts.fps_scaling:
         rope_fps.disable_fps_scaling(pipe.transformer)
     if opts.loras:  # before offload hooks or device moves are attached
@@ -216,6 +220,22 @@ def load_pipeline(opts: LoadOptions, backend=None):
         pipe.to(device)
     pipe.cosmos_hal_backend = backend
     return pipe
+
+
+def resolve_sampler(pipeline_name: str, sampler: str | None) -> str:
+    """Predict2 pipelines: cosmos-predict2's sampler unless ``sampler`` says "diffusers".
+    Predict2.5 keeps its UniPC scheduler (the upstream AB2 form is Predict2's)."""
+    from cosmos_hal.infer.sampler import DEFAULT_SAMPLER, check_sampler
+
+    if sampler is not None:
+        check_sampler(sampler)
+    if pipeline_name != PREDICT25_PIPELINE:
+        return sampler or DEFAULT_SAMPLER
+    if sampler not in (None, "diffusers"):
+        raise InferenceInputError(
+            f"--sampler {sampler}: a Predict2.5 model samples with its own UniPC scheduler; "
+            "drop --sampler or pass --sampler diffusers")
+    return "diffusers"
 
 
 def place_offloaded(pipe, device) -> None:
