@@ -137,6 +137,13 @@ def test_fused_weights_equal_float64_reference(tmp_path):
 def test_load_adapters_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=LORA_WEIGHT_NAME):
         load_adapters(_base(), tmp_path)
+    from safetensors.torch import save_file
+
+    key = "lora_unet_transformer_blocks_0_attn1_to_q.lora_down.weight"  # kohya layout
+    save_file({key: torch.zeros(4, 64)}, str(tmp_path / LORA_WEIGHT_NAME))
+    with pytest.raises(ValueError, match="cannot load") as info:
+        load_adapters(_base(), tmp_path)
+    assert key in str(info.value) and str(tmp_path) in str(info.value) and "lokr_w1" in str(info.value)
     with pytest.raises(ValueError, match="rank"):
         add_adapters(_base(), 0)
 

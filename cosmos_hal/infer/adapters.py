@@ -29,13 +29,11 @@ import torch
 
 from cosmos_hal.infer.errors import InferenceInputError
 from cosmos_hal.models.lora import ADAPTER_KEY as _KEY
+from cosmos_hal.models.lora import unreadable_keys_message
 
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 _LYCORIS_KEY = re.compile(r"^lycoris_(?P<module>\w+)\.(?P<part>lokr_w1|lokr_w1_a|lokr_w1_b|lokr_w2|lokr_w2_a|lokr_w2_b"
                           r"|alpha)$")
-_FORMATS = ("diffusers/peft keys transformer.<module>.lora_A.weight / lora_B.weight / lora_magnitude_vector "
-            "(LoRA, DoRA) or transformer.<module>.lokr_w1 / lokr_w2 (LoKr), or LyCORIS LoKr keys "
-            "lycoris_<module>.lokr_w1 / lokr_w2 / alpha")
 
 
 @dataclass(frozen=True)
@@ -68,12 +66,7 @@ def lora_file(spec_path: Path) -> Path:
 
 
 def _refuse_keys(file, keys: list[str], total: int) -> InferenceInputError:
-    shown = "\n  ".join(keys[:8]) + (f"\n  ... and {len(keys) - 8} more" if len(keys) > 8 else "")
-    return InferenceInputError(
-        f"--lora {file}: {len(keys)} of {total} tensors are in a format cosmos_hal cannot load:\n  {shown}\n"
-        f"it reads {_FORMATS}; convert the file to one of these or merge it into the weights with the tool "
-        "that wrote it"
-    )
+    return InferenceInputError(f"--lora {unreadable_keys_message(file, keys, total)}")
 
 
 def read_adapter(file: Path, transformer=None) -> dict:

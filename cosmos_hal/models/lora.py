@@ -64,6 +64,19 @@ ADAPTER_KEY = re.compile(
 )
 
 
+ADAPTER_LAYOUTS = ("diffusers/peft keys transformer.<module>.lora_A.weight / lora_B.weight / lora_magnitude_vector "
+                   "(LoRA, DoRA) or transformer.<module>.lokr_w1 / lokr_w2 (LoKr), or LyCORIS LoKr keys "
+                   "lycoris_<module>.lokr_w1 / lokr_w2 / alpha (through --lora)")
+
+
+def unreadable_keys_message(file, keys: list[str], total: int) -> str:
+    """Names the keys of an adapter file that are in no layout cosmos_hal loads, and those it does."""
+    shown = "\n  ".join(keys[:8]) + (f"\n  ... and {len(keys) - 8} more" if len(keys) > 8 else "")
+    return (f"{file}: {len(keys)} of {total} tensors are in a format cosmos_hal cannot load:\n  {shown}\n"
+            f"it reads {ADAPTER_LAYOUTS}; convert the file to one of these or merge it into the weights with "
+            "the tool that wrote it")
+
+
 def adapter_config(kind: str, rank: int, alpha: float | None = None, *, factor: int = -1, targets=DEFAULT_TARGETS,
                    init: str = "peft"):
     """A peft ``LoraConfig`` (kind lora / dora) or ``LoKrConfig`` (lokr) for the Cosmos DiT; alpha defaults to rank."""
@@ -252,8 +265,11 @@ def load_adapters(model, path, *, scale: float = 1.0, fuse: bool = False, adapte
     from safetensors.torch import load_file
 
     file = _lora_file(path)
-    model.load_lora_adapter(os.fspath(file), prefix="transformer", adapter_name=adapter_name)
     expected = {k.removeprefix("transformer."): v for k, v in load_file(os.fspath(file)).items()}
+    unknown = sorted(k for k in expected if not ADAPTER_KEY.match(k))
+    if unknown:
+        raise ValueError(unreadable_keys_message(file, unknown, len(expected)))
+    model.load_lora_adapter(os.fspath(file), prefix="transformer", adapter_name=adapter_name)
     loaded = adapter_state_dict(model, adapter_name)
     missing = sorted(set(expected) - set(loaded))
     extra = sorted(set(loaded) - set(expected))
