@@ -397,8 +397,8 @@ def test_nvidia_checkpoint_with_vae_and_text_encoder_paths_and_video_conditionin
     torch.save({"model": state}, pt)
     clip = np.stack([np.asarray(load_conditioning(image=assets["image"])["image"])] * 3)
     video = write_video(tmp_path / "clip.mp4", clip, fps=16)
-    args = ["--video", str(video), "--prompt", PROMPT, "--num_frames", str(T),
-            "--seed", "6", *SIZE_ARGS]
+    args = ["--video", str(video), "--num_conditional_frames", "1", "--prompt", PROMPT, "--num_frames", str(T),
+            "--seed", "6", *SIZE_ARGS]  # a 3-frame clip: too short for the default 5
     assert cli(["infer", "video2world", "--model", str(pt), "--preset", "tiny",
                 "--vae_path", str(assets["v2w"] / "vae"), "--text_encoder_path", str(assets["v2w"]),
                 *args, "--out", str(tmp_path / "pt.mp4")]) == 0
