@@ -71,6 +71,42 @@ def test_schedule_is_upstreams_karras_ramp_plus_the_clean_pass():
     assert karras_sigmas(1) == [80.0, pytest.approx(0.002)]
 
 
+@pytest.mark.parametrize("steps", [1, 2, 5, 35])
+def test_matches_cosmos_predict2_rectified_flow_ab2_scheduler(steps, monkeypatch):
+    """Upstream's own scheduler (the 1.0.9 release, downloaded as the patch tests do; its code
+    is never committed) and ours, driven the way each pipeline drives it, on a smooth
+    synthetic denoiser in float64: the same result (ours recovers x0 from the pipelines'
+    (x - x0) / sigma with float32 sigmas, hence not bit-identical)."""
+    from test_patch_support import pristine_tree
+
+    monkeypatch.syspath_prepend(pristine_tree())
+    try:
+        from cosmos_predict2.schedulers.rectified_flow_scheduler import RectifiedFlowAB2Scheduler
+    finally:
+        for name in [m for m in sys.modules if m == "cosmos_predict2" or m.startswith("cosmos_predict2.")]:
+            del sys.modules[name]
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(4, 4, generator=g, dtype=torch.float64) * 0.3
+    x0_fn = lambda x, sigma: torch.tanh(x @ mix) / (1 + sigma)  # noqa: E731
+    start = torch.randn(2, 4, generator=g, dtype=torch.float64) * 80
+
+    up = RectifiedFlowAB2Scheduler(sigma_min=0.002, sigma_max=80.0, order=7.0)
+    up.set_timesteps(steps)
+    x, x0_prev = start.clone(), None
+    for i in range(steps):  # cosmos_predict2/pipelines/video2world.py __call__
+        x, x0_prev = up.step(x0_pred=x0_fn(x, up.sigmas[i]), i=i, sample=x, x0_prev=x0_prev)
+    ref = x0_fn(x, up.sigmas[-1])  # its final clean pass
+
+    ours = CosmosAB2Scheduler()
+    ours.set_timesteps(sigmas=[0.0] * steps)
+    x = start.clone()
+    for i, t in enumerate(ours.timesteps):  # as diffusers' Cosmos 2 pipelines call a scheduler
+        sigma = ours.sigmas[i].double()
+        x = ours.step((x - x0_fn(x, sigma)) / sigma, t, x, return_dict=False)[0]
+    assert torch.isfinite(x).all()
+    assert ((x - ref).norm() / ref.norm()).item() < 1e-6
+
+
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     root = tmp_path_factory.mktemp("sampler")
