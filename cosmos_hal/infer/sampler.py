@@ -120,6 +120,7 @@ class CosmosAB2Scheduler(SchedulerMixin, ConfigMixin):
 
 
 def check_sampler(name: str) -> str:
+    """``name`` if it is a sampler, else the error the CLI shows (before any model loads)."""
     if name not in SAMPLERS:
         raise InferenceInputError(f"--sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
     return name
