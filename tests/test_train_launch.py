@@ -140,6 +140,8 @@ def test_upstreams_context_parallel_is_the_default_so_the_global_batch_is_upstre
 
 
 def test_context_parallel_without_fast_attention_is_refused(tmp_path):
-    p = train_sh(f"output_dir={tmp_path}", "context_parallel=2", *RUN, timeout=120)
+    """Only an explicit fast_attention=false is refused: left unset, context_parallel turns the
+    fast processor on (experiments.resolve_fast_path)."""
+    p = train_sh(f"output_dir={tmp_path}", "context_parallel=2", "fast_attention=false", *RUN, timeout=120)
     assert p.returncode != 0
     assert "context_parallel=2 needs fast_attention=true" in p.stderr

@@ -40,6 +40,8 @@ def parse_args(argv=None):
                    "(empty: one job at a time on the default device)")
     p.add_argument("--timeout-s", type=float, default=560, help="per job (%(default)s)")
     p.add_argument("--work", default="bench_train_sh_runs", help="folder for the runs' outputs (%(default)s)")
+    p.add_argument("--extra-job", action="append", default=[], metavar="NAME=COMMAND",
+                   help="also run COMMAND (a shell command) in the queue, on a device slot of its own turn")
     p.add_argument("--out", default="", help="JSON report")
     p.add_argument("--md", default="", help="markdown table")
     p.add_argument("overrides", nargs="*", help="extra key=value overrides for every train.sh run")
@@ -76,23 +78,33 @@ def main(argv=None) -> int:
                 jobs.append(job)
                 commands.append((job, train_sh.train_command(REPO, args.exp, job, iters=args.iters,
                                                              lora_rank=args.lora_rank, extra=args.overrides)))
+    for item in args.extra_job:
+        name, _, command = item.partition("=")
+        job = train_sh.Job(name, "extra", "", out_dir=os.path.join(args.work, name))
+        jobs.append(job)
+        commands.append((job, ["bash", "-c", command]))
     visible = backend_mod.current().visible_devices_env()
     devices = [d.strip() for d in args.devices.split(",") if d.strip()]
     slots = ([{"label": f"device {d}", "env": {visible: d}} for d in devices] if devices and visible
              else [{"label": "default device", "env": {}}])
-    train_sh.run_jobs(commands, slots, timeout_s=args.timeout_s, log=lambda m: print(m, flush=True))
-    summaries = [train_sh.summarize_run(j, skip=args.skip, batch=exp.batch_size) for j in jobs if j.kind == "train"]
-    ref, ceiling, device = train_sh.reference_results([j for j in jobs if j.kind == "reference"])
-    rep = train_sh.report(summaries, ref, ceiling, device or ", ".join(backend_mod.current().device_names()),
-                          exp.preset)
-    rep["command"] = " ".join([os.path.basename(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])])
-    rep["jobs"] = [{"name": j.name, "rc": j.rc, "wall_s": j.wall_s, "slot": j.device_slot} for j in jobs]
-    md = train_sh.markdown(rep)
-    print(md)
-    if args.out:
-        write_text_atomic(args.out, json.dumps(rep, indent=1))
-    if args.md:
-        write_text_atomic(args.md, md)
+    def write_report() -> str:  # after every job: a call cut short still leaves what finished
+        summaries = [train_sh.summarize_run(j, skip=args.skip, batch=exp.batch_size)
+                     for j in jobs if j.kind == "train" and j.rc is not None]
+        ref, ceiling, device = train_sh.reference_results([j for j in jobs if j.kind == "reference"])
+        rep = train_sh.report(summaries, ref, ceiling, device or ", ".join(backend_mod.current().device_names()),
+                              exp.preset)
+        rep["command"] = " ".join([os.path.basename(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])])
+        rep["jobs"] = [{"name": j.name, "rc": j.rc, "wall_s": j.wall_s, "slot": j.device_slot} for j in jobs]
+        md = train_sh.markdown(rep)
+        if args.out:
+            write_text_atomic(args.out, json.dumps(rep, indent=1))
+        if args.md:
+            write_text_atomic(args.md, md)
+        return md
+
+    train_sh.run_jobs(commands, slots, timeout_s=args.timeout_s, log=lambda m: print(m, flush=True),
+                      on_done=write_report)
+    print(write_report())
     return 0 if all(j.rc == 0 for j in jobs) else 1
 
 

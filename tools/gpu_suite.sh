@@ -81,12 +81,14 @@ train_sh_bench() {  # the user's train.sh command: defaults, fast=off and the di
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step "train_sh_$tag" "${TRAIN_SH_TIMEOUT:-570}" \
         $PY tools/bench_train_sh.py --shapes "$shapes" --devices "${DEVICES:-}" --iters "${ITERS:-8}" \
         --timeout-s "${JOB_TIMEOUT:-540}" --work /tmp/train_sh_runs --out "$OUT/train_sh_$tag.json" \
-        --md "$OUT/train_sh_$tag.md"
-    tar -czf "$OUT/train_sh_${tag}_logs.tgz" -C /tmp/train_sh_runs . 2>/dev/null
+        --md "$OUT/train_sh_$tag.md" ${EXTRA_JOB:+--extra-job "$EXTRA_JOB"}
+    # logs and metrics only (the runs' synthetic videos and latents would not come back)
+    (cd /tmp/train_sh_runs && find . \( -name '*.log' -o -name '*.jsonl' -o -name '*.json' \) -print0 \
+        | tar -czf "$OUT/train_sh_${tag}_logs.tgz" --null -T -) 2>/dev/null
 }
 
 memory_test() {
-    step memory_test 400 $PY -m pytest -q -p no:cacheprovider tests/test_memory_budget_gpu.py
+    step memory_test "${MEMORY_TEST_TIMEOUT:-400}" $PY -m pytest -q -p no:cacheprovider tests/test_memory_budget_gpu.py
 }
 
 infer_bench() {

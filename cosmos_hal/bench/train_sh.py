@@ -99,8 +99,11 @@ def stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
             continue
 
 
-def run_jobs(jobs: list[tuple[Job, list[str]]], slots: list[dict], *, timeout_s: float, log=print) -> None:
-    """Run the commands, one per slot at a time (each slot: an environment, e.g. one device)."""
+def run_jobs(jobs: list[tuple[Job, list[str]]], slots: list[dict], *, timeout_s: float, log=print,
+             on_done=None) -> None:
+    """Run the commands, one per slot at a time (each slot: an environment, e.g. one device).
+    ``on_done()`` runs after each job (under a lock), so a report exists even if the whole
+    call is cut short."""
     queue = list(jobs)
     lock = threading.Lock()
     running: set = set()
@@ -139,6 +142,9 @@ def run_jobs(jobs: list[tuple[Job, list[str]]], slots: list[dict], *, timeout_s:
                     running.discard(proc)
             job.wall_s = time.perf_counter() - t0
             log(f"[bench_train_sh] {job.name}: rc={job.rc} in {job.wall_s:.0f} s")
+            if on_done is not None:
+                with lock:
+                    on_done()
 
     threads = [threading.Thread(target=worker, args=(env, label)) for label, env in
                ((s.get("label", str(i)), s.get("env", {})) for i, s in enumerate(slots))]
