@@ -71,7 +71,11 @@ def test_estimate_fsdp_scales_the_measured_block():
                               preset_big=get_preset("predict2-14b"), devices=8, device_gb=80.0)
     assert 13e9 < est["params"] < 16e9
     assert est["activation_scale"] == pytest.approx(2.5)
-    assert est["sharded_state_gb"] == pytest.approx(16 * est["params"] / 8 / 2**30)
+    # fp32 weights, grads, two AdamW moments and the EMA's fp32 shadows
+    assert est["sharded_state_gb"] == pytest.approx(20 * est["params"] / 8 / 2**30)
+    no_ema = bench.estimate_fsdp(gb, "93x432x768", 31104, preset_2b=get_preset("predict2-2b"),
+                                 preset_big=get_preset("predict2-14b"), devices=8, device_gb=80.0, ema=False)
+    assert no_ema["sharded_state_gb"] == pytest.approx(16 * est["params"] / 8 / 2**30)
     full = est["per_mode"]["full"]
     assert full["activations_gb"] == pytest.approx(36 * 0.12 * 2.5)
     assert est["per_mode"]["none"]["total_gb"] > est["per_mode"]["selective"]["total_gb"] > full["total_gb"]

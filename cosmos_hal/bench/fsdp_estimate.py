@@ -10,13 +10,15 @@ from cosmos_hal.train import ac
 
 
 def estimate_fsdp(block_memory_gb: dict, shape_label: str, tokens: int, *, preset_2b, preset_big,
-                  devices: int = 8, device_gb: float = 80.0) -> dict:
+                  devices: int = 8, device_gb: float = 80.0, ema: bool = True) -> dict:
     """Per-device memory of ``preset_big`` under FSDP2 across ``devices``, from the 2B block probe.
 
     Activations of a block scale with tokens x hidden size, so the 2B per-block bytes are
     multiplied by hidden_big / hidden_2b (same tokens). Sharded state: fp32 weights, grads and
-    two AdamW moments (16 bytes/param) / devices. Unsharded: two blocks' bf16 weights (the one
-    computing and the prefetched one; FSDP2 MixedPrecisionPolicy(param_dtype=bf16))."""
+    two AdamW moments (16 bytes/param), plus the EMA's fp32 shadows (4 bytes/param; the upstream
+    experiments keep an EMA) / devices. Unsharded: two blocks' bf16 weights (the one computing
+    and the prefetched one; what train/parallelize.apply_fsdp's MixedPrecisionPolicy(param_dtype=
+    bf16, reduce_dtype=fp32) gathers under bf16)."""
     from cosmos_hal.models.dit import build_transformer
 
     big = build_transformer(preset_big, meta=True, install_hal_processor=False)
@@ -24,9 +26,9 @@ def estimate_fsdp(block_memory_gb: dict, shape_label: str, tokens: int, *, prese
     per_block_params = sum(p.numel() for p in big.transformer_blocks[0].parameters())
     del big
     scale = preset_big.hidden_size / preset_2b.hidden_size
-    sharded = 16 * n_params / devices / 2**30
+    sharded = (16 + (4 if ema else 0)) * n_params / devices / 2**30
     unsharded = 2 * 2 * per_block_params / 2**30
-    out = {"preset": preset_big.name, "shape": shape_label, "tokens": tokens, "devices": devices,
+    out = {"preset": preset_big.name, "shape": shape_label, "tokens": tokens, "devices": devices, "ema": ema,
            "params": n_params, "sharded_state_gb": sharded, "unsharded_blocks_gb": unsharded,
            "activation_scale": scale, "per_mode": {}}
     saved = block_memory_gb.get("saved", {})
