@@ -209,10 +209,10 @@ def test_estimate_fsdp_plans_the_big_model_with_the_ladder():
     gb = {"saved": {"none": 7.42, "selective_mm": 1.47, "selective": 0.12, "full": 0.0}, "output": 0.12,
           "backward_peak": 7.91}
     kw = dict(preset_2b=get_preset("predict2-2b"), preset_big=get_preset("predict2-14b"), devices=8)
-    roomy = bench.estimate_fsdp(gb, "93x432x768", 31104, device_gb=80.0, **kw)
+    roomy = bench.estimate_fsdp(gb, "93x432x768", 31104, device_gb=96.0, **kw)
     assert roomy["plan_fits"] and sum(roomy["plan"].values()) == 36
     assert roomy["plan"].get("full", 0) == 0 and roomy["plan"].get("selective_mm", 0) > 0
-    assert roomy["plan_total_gb"] < 0.92 * 80
+    assert roomy["plan_total_gb"] < 0.92 * 96
     tight = bench.estimate_fsdp(gb, "93x432x768", 31104, device_gb=60.0, **kw)
     assert tight["plan"].get("full", 0) > 0  # less memory: part of the blocks recompute everything
     hopeless = bench.estimate_fsdp({**gb, "backward_peak": 40.0}, "x", 1, device_gb=80.0, **kw)
