@@ -10,28 +10,7 @@ counted (the usual convention). Predict2-2B: 339 TFLOP at 31104 tokens, 1955 at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Shape:
-    """A training sample: video frames at height x width, its latent grid and DiT tokens."""
-
-    frames: int
-    height: int
-    width: int
-    text_tokens: int = 512
-
-    def latent(self, temporal: int = 4, spatial: int = 8) -> tuple[int, int, int]:
-        return ((self.frames - 1) // temporal + 1, self.height // spatial, self.width // spatial)
-
-    def tokens(self, patch=(1, 2, 2)) -> int:
-        t, h, w = self.latent()
-        return (t // patch[0]) * (h // patch[1]) * (w // patch[2])
-
-    @property
-    def label(self) -> str:
-        return f"{self.frames}x{self.height}x{self.width}"
+from cosmos_hal.models.shape import Shape  # noqa: F401  (re-exported: bench code and tests use it here)
 
 
 def parse_shape(text: str, frames: int, text_tokens: int) -> Shape:

@@ -1,19 +1,18 @@
-"""The Predict2 training step the benchmark times, and its inputs, at any shape.
+"""The Predict2 training step the benchmark times, at any shape.
 
-Why a module of its own: the benchmark's two paths, the numerics check and the trainer's
-``ac_mode=auto`` probe (train/parallelize.py) all need the same model at random weights and
-the same synthetic video2world sample, without a download.
+Why a module of its own: the benchmark's two paths and the numerics check need the same model
+at random weights and the same step; the synthetic sample itself lives in
+train/probe_inputs.py, which the trainer's ``ac_mode=auto`` probe shares (train/ does not
+import bench/).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from cosmos_hal import rng
-from cosmos_hal.bench.flops import Shape
+from cosmos_hal.train.probe_inputs import StepInputs, forward_loss, make_inputs  # noqa: F401  (re-exported)
 
 
 @torch.no_grad()
@@ -49,40 +48,6 @@ def build_model(preset, device, *, lora_rank: int, seed: int = 0):
     init_on_device_(model, seed)
     model.train()
     return model
-
-
-@dataclass
-class StepInputs:
-    """Cached latents, text embeddings and the conditioning a training step feeds the DiT."""
-
-    x_in: torch.Tensor
-    timestep: torch.Tensor
-    condition_mask: torch.Tensor | None
-    padding_mask: torch.Tensor
-    text: torch.Tensor
-    target: torch.Tensor
-
-
-def make_inputs(preset, shape: Shape, device, seed: int = 0) -> StepInputs:
-    """A video2world sample: one clean conditioning latent frame, sigma = 1 noise elsewhere."""
-    t, h, w = shape.latent()
-    c = preset.latent_channels
-    x0 = rng.normal(rng.Key(seed, "bench_x0"), (1, c, t, h, w), device=device)
-    noise = rng.normal(rng.Key(seed, "bench_noise"), (1, c, t, h, w), device=device)
-    text = rng.normal(rng.Key(seed, "bench_text"), (1, shape.text_tokens, preset.context_dim), device=device)
-    frame = torch.zeros(1, 1, t, 1, 1, device=device)
-    frame[:, :, :1] = 1.0
-    x_in = frame * x0 + (1 - frame) * (x0 + noise) * 0.5  # c_in = 1/(1+sigma) at sigma = 1
-    timestep = torch.where(frame > 0, torch.full_like(frame, 1e-4), torch.full_like(frame, 0.5))
-    cond = frame.expand(1, 1, t, h, w).contiguous() if preset.has_condition_mask else None
-    return StepInputs(x_in, timestep, cond, torch.zeros(1, 1, h, w, device=device), text, x0)
-
-
-def forward_loss(model, inp: StepInputs, *, amp_dtype, device_type: str) -> torch.Tensor:
-    with torch.autocast(device_type=device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-        out = model(hidden_states=inp.x_in, timestep=inp.timestep, encoder_hidden_states=inp.text,
-                    condition_mask=inp.condition_mask, padding_mask=inp.padding_mask, return_dict=False)[0]
-    return (out.float() - inp.target).square().mean()
 
 
 def train_step(model, optimizer, params, inp: StepInputs, *, amp_dtype, device_type: str) -> torch.Tensor:

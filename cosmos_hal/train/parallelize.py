@@ -53,8 +53,8 @@ def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device, *,
     ``auto_plan``; refined after the first iteration by the trainer). Call before FSDP, with
     adapters and the fast attention already installed.
     Returns (modes, the block memory probe, the budget, a line for the log)."""
-    from cosmos_hal.bench.flops import Shape
-    from cosmos_hal.bench.step import forward_loss, make_inputs
+    from cosmos_hal.models.shape import Shape
+    from cosmos_hal.train.probe_inputs import forward_loss, make_inputs
     from cosmos_hal.train import ac
 
     frames = exp.data.num_frames if exp.task == "video2world" else 1
