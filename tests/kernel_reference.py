@@ -20,7 +20,8 @@ def tol(dtype: torch.dtype) -> float:
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64; inf if out has a NaN/inf (NaN never passes)."""
-    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    out64 = torch.as_tensor(out).detach().double().cpu()
+    ref64 = torch.as_tensor(ref).detach().double().cpu()
     if out64.shape != ref64.shape:
         raise AssertionError(f"shape {tuple(out64.shape)} != reference {tuple(ref64.shape)}")
     if not torch.isfinite(out64).all():

@@ -25,6 +25,7 @@ from cosmos_hal.models.text import encode_reason1_prompts, load_reason1_encoder
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_tools_data import _tool, tiny_vae  # noqa: E402,F401  (tool runner, tiny Wan VAE fixture)
+from kernel_reference import rel_err as _rel  # ||out-ref||/||ref|| in float64; NaN never passes
 
 LAYERS, HIDDEN = 3, 32  # features: 3 x 32 = 96, what the tiny-2.5 DiT projects
 FEAT = LAYERS * HIDDEN
@@ -35,12 +36,6 @@ WORDS = ("You are a helpful assistant who will provide prompts to an image gener
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% for c in m['content'] %}{% if c['type'] == 'text' %}"
         "{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def _rel(out, ref) -> float:
-    out, ref = torch.as_tensor(out).double(), torch.as_tensor(ref).double()
-    assert torch.isfinite(out).all()
-    return ((out - ref).norm() / ref.norm()).item()
 
 
 @pytest.fixture(scope="module")
