@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="experiment name (default: tiny_video2world_synthetic); --list shows all")
     p.add_argument("--list", action="store_true", help="list the experiments and exit")
     p.add_argument("--check", action="store_true",
-                   help="only validate the experiment and overrides, pick the backend, and print "
+                   help="only validate the experiment, overrides (types and ranges) and model_path, "
+                        "vae_path, dataset_path (exist, layout, usable samples), pick the backend, and print "
                         "OUT_DIR=, BACKEND= and DEVICES= shell assignments (train.sh evals them)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="experiment overrides")
 
@@ -66,7 +67,13 @@ def _train(args) -> int:
         import shlex
 
         from cosmos_hal.backend import select
+        from cosmos_hal.train.preflight import check_paths
 
+        try:
+            check_paths(exp)
+        except experiments.ExperimentError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         chosen, _ = select(args.backend)
         print(f"OUT_DIR={shlex.quote(exp.resolved_output_dir())}")
         print(f"BACKEND={chosen.name}")

@@ -20,9 +20,10 @@ import functools
 import importlib
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # imported where used: `train --check` refuses a bad override before torch loads
+    import torch
 
 ENV_BACKEND = "COSMOS_HAL_BACKEND"
 
@@ -71,6 +72,8 @@ class Backend:
         return []
 
     def device(self, local_rank: int = 0) -> torch.device:
+        import torch
+
         return torch.device(self.device_type, local_rank)
 
     def set_device(self, local_rank: int) -> None:
@@ -92,6 +95,8 @@ class Backend:
     # -- numerics -------------------------------------------------------------------
     def set_deterministic(self, enabled: bool) -> None:
         """Ask the backend's libraries for run-to-run reproducible algorithms (parity mode)."""
+        import torch
+
         torch.use_deterministic_algorithms(enabled, warn_only=False)
 
     def supports_bf16(self) -> bool:
@@ -115,6 +120,8 @@ class Backend:
         """Reset the peak counters that :meth:`memory_stats` reports."""
 
     def versions(self) -> dict[str, str]:
+        import torch
+
         return {"torch": torch.__version__}
 
     def kernels(self) -> dict[str, list[str]]:

@@ -175,8 +175,17 @@ def test_seed001_train_commands_pass_train_sh_and_name_real_experiments(line, tm
                           text=True, timeout=60)
     assert proc.returncode == 0 and "usage: bash train.sh" in proc.stdout, proc.stderr
     exp = next(w for w in words if w.startswith("--EXP="))
-    # what train.sh runs next, before torchrun: `python -m cosmos_hal train --check --EXP=...`
-    assert cosmos_hal_main(["train", "--check", exp, "--backend=cpu", f"output_dir={tmp_path}"]) == 0
+    # what train.sh runs next, before torchrun: `python -m cosmos_hal train --check --EXP=...`; the
+    # guide's dataset lives in upstream's config, here it is dataset_path= (docs/porting.md says so)
+    assert cosmos_hal_main(["train", "--check", exp, "--backend=cpu", f"output_dir={tmp_path}"]) == 2
+    assert "needs dataset_path=<folder>" in capsys.readouterr().err
+    from cosmos_hal.data.synthetic import make_synthetic_dataset
+
+    data = tmp_path / "datasets" / "cosmos_nemo_assets"
+    make_synthetic_dataset(data, layout="image" if "text2image" in exp else "nemo", num_videos=1, num_frames=9,
+                           height=32, width=32, text_embed_dim=16, num_tokens=8)
+    assert cosmos_hal_main(["train", "--check", exp, "--backend=cpu", f"output_dir={tmp_path}",
+                            f"dataset_path={data}"]) == 0
     assert f"OUT_DIR={tmp_path}" in capsys.readouterr().out
 
 

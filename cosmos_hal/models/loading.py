@@ -85,8 +85,9 @@ def _read_safetensors(file: Path) -> dict:
     return load_file(os.fspath(file), device="cpu")
 
 
-def read_diffusers_dir(path) -> dict:
-    """All tensors of a diffusers model folder (single file, sharded, or .bin)."""
+def diffusers_weight_files(path) -> list[Path]:
+    """The files holding a diffusers model folder's tensors (one safetensors file, the shards of
+    an index, or one .bin), found without reading them; `train --check` calls it before launch."""
     folder = find_diffusers_dir(path)
     index = folder / SAFETENSORS_INDEX
     if index.is_file():
@@ -96,20 +97,28 @@ def read_diffusers_dir(path) -> dict:
         missing = [s for s in shards if not (folder / s).is_file()]
         if missing:
             raise FileNotFoundError(f"{index} names shards that are not in {folder}: {missing}")
-        state = {}
-        for shard in shards:
-            state.update(_read_safetensors(folder / shard))
-        return state
+        return [folder / shard for shard in shards]
     if (folder / SAFETENSORS_NAME).is_file():
-        return _read_safetensors(folder / SAFETENSORS_NAME)
+        return [folder / SAFETENSORS_NAME]
     singles = sorted(folder.glob("*.safetensors"))
     if len(singles) == 1:
-        return _read_safetensors(singles[0])
+        return singles
     if (folder / BIN_NAME).is_file():
-        return torch.load(folder / BIN_NAME, map_location="cpu", weights_only=True)
+        return [folder / BIN_NAME]
     raise FileNotFoundError(
         f"no weights in {folder}: expected {SAFETENSORS_NAME}, {SAFETENSORS_INDEX} (+ shards) or {BIN_NAME}"
     )
+
+
+def read_diffusers_dir(path) -> dict:
+    """All tensors of a diffusers model folder (single file, sharded, or .bin)."""
+    files = diffusers_weight_files(path)
+    if files[0].name == BIN_NAME:
+        return torch.load(files[0], map_location="cpu", weights_only=True)
+    state = {}
+    for file in files:
+        state.update(_read_safetensors(file))
+    return state
 
 
 def _torch_load(file: Path):

@@ -303,11 +303,84 @@ _CHOICES = {
 }
 
 
+class _Range(typing.NamedTuple):
+    """A closed or half-open interval of finite numbers; ``str()`` says it the way a user reads it."""
+
+    lo: float
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v) -> bool:
+        return math.isfinite(v) and (v > self.lo if self.lo_open else v >= self.lo) and \
+            (v < self.hi if self.hi_open else v <= self.hi)
+
+    def __str__(self) -> str:
+        low = f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.hi == math.inf:
+            return f"a finite number {low}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+_PROBABILITY, _POSITIVE, _NON_NEGATIVE, _COUNT = _Range(0, 1), _Range(0, lo_open=True), _Range(0), _Range(1)
+# Ranges of the numeric hyper-parameters, checked at `train --check` so a bad value stops before any
+# process starts (torch's AdamW would refuse lr < 0 only inside the ranks). Each tuple: range, hint.
+_RANGES: dict[str, tuple[_Range, str]] = {
+    "optim.lr": (_NON_NEGATIVE, ""),
+    "optim.weight_decay": (_NON_NEGATIVE, ""),
+    "optim.betas": (_Range(0, 1, hi_open=True), "each of the two"),
+    "optim.eps": (_POSITIVE, ""),
+    "optim.grad_clip": (_NON_NEGATIVE, "optim.grad_clip=0 turns clipping off"),
+    "schedule.warmup_steps": (_NON_NEGATIVE, ""),
+    "schedule.f_start": (_NON_NEGATIVE, "a factor of optim.lr"),
+    "schedule.f_max": (_NON_NEGATIVE, "a factor of optim.lr"),
+    "schedule.f_min": (_NON_NEGATIVE, "a factor of optim.lr"),
+    "schedule.cycle_length": (_NON_NEGATIVE, "schedule.cycle_length=0 means max_iter"),
+    "loss.loss_scale": (_POSITIVE, ""),
+    "loss.high_sigma_ratio": (_PROBABILITY, "a probability"),
+    "loss.min_cond_frames": (_COUNT, ""),
+    "loss.max_cond_frames": (_COUNT, ""),
+    "loss.sigma_conditional": (_NON_NEGATIVE, ""),
+    "loss.text_dropout": (_PROBABILITY, "a probability"),
+    "loss.shift": (_POSITIVE, ""),
+    "loss.cond_timestep": (_PROBABILITY, "a flow-matching time"),
+    "ema.gamma": (_NON_NEGATIVE, "the power EMA's exponent"),
+    "ema.iteration_shift": (_NON_NEGATIVE, ""),
+    "lora.rank": (_COUNT, ""),
+    "lora.alpha": (_POSITIVE, ""),
+    "data.num_frames": (_COUNT, ""),
+    "data.height": (_COUNT, ""),
+    "data.width": (_COUNT, ""),
+    "data.num_workers": (_NON_NEGATIVE, "data.num_workers=0 loads in the training process"),
+    "data.synthetic_videos": (_COUNT, ""),
+    "data.fps": (_POSITIVE, ""),
+}
+
+
+def _check_ranges(exp: Experiment) -> None:
+    """Raise ExperimentError for the first value of _RANGES outside its range, naming the key,
+    the range and the experiment's own value to type instead."""
+    for key, (allowed, hint) in _RANGES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(exp, section), name)
+        if all(v in allowed for v in (value if isinstance(value, tuple) else (value,))):
+            continue
+        ref = EXPERIMENTS[exp.name]() if exp.name in EXPERIMENTS else Experiment()
+        default = getattr(getattr(ref, section), name)
+        shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else f"{default:g}"
+        raise ExperimentError(f"{key}={value}: must be {allowed}{f' ({hint})' if hint else ''}; "
+                              f"{exp.name or 'the default'} has {key}={shown}")
+
+
 def validate(exp: Experiment) -> None:
+    _check_ranges(exp)
     for key, choices in _CHOICES.items():
         if getattr(exp, key) not in choices:
             raise ExperimentError(f"{key}={getattr(exp, key)!r}: choose one of "
                                   f"{', '.join(c for c in choices if c is not None)}")
+    if exp.data.layout not in ("auto", "nemo", "gr1", "image"):
+        raise ExperimentError(f"data.layout={exp.data.layout!r}: choose auto (by what the folder holds), nemo, gr1 "
+                              "or image")
     if exp.data.resize_mode not in ("stretch", "crop"):
         raise ExperimentError(f"data.resize_mode={exp.data.resize_mode!r}: choose stretch (upstream) or crop")
     if exp.loss.recipe not in ("predict2", "predict2.5"):

@@ -119,8 +119,9 @@ def build_data(exp: Experiment, preset, world, *, dp_rank: int | None = None, dp
     elif exp.dataset_path:
         root = Path(exp.dataset_path)
     else:
-        raise ValueError(f"experiment {exp.name} needs dataset_path=<folder> (videos/, metas/, t5_xxl/ "
-                         f"as NVIDIA's cosmos_nemo_assets; images/ for text2image)")
+        from cosmos_hal.train.preflight import dataset_needed
+
+        raise ValueError(dataset_needed(exp))
     cache = os.path.join(exp.resolved_output_dir(), "latent_cache") if exp.data.latent_cache else None
     dataset = build_dataset(root, num_frames=exp.data.num_frames, resolution=(exp.data.height, exp.data.width),
                             layout=exp.data.layout, seed=exp.seed, skip_bad_samples=exp.data.skip_bad_samples,
