@@ -17,6 +17,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_CUDA = torch.version.cuda is not None and torch.cuda.is_available()
 
 
+def has_two_gpus() -> bool:
+    """Two NVIDIA GPUs on this host (the ``multigpu`` tests; run with `-m multigpu`)."""
+    return HAS_CUDA and torch.cuda.device_count() >= 2
+
+
 def pytest_collection_modifyitems(config, items):
     skip_cuda = pytest.mark.skip(reason="needs an NVIDIA GPU (run with `bash tools/test.sh -m cuda` on one)")
     for item in items:

@@ -59,13 +59,19 @@ class Draws:
     text_keep: torch.Tensor  # (B,) bool: False where the text embedding is dropped
 
 
-def draw(cfg: LossConfig, latent_shape, *, seed: int, step: int, rank: int, is_video: bool) -> Draws:
-    """Draw sigma, noise, conditioning-frame count and text dropout for a (B, C, T, H, W) batch."""
+def draw(cfg: LossConfig, latent_shape, *, seed: int, step: int, rank: int, is_video: bool,
+         world: int = 1) -> Draws:
+    """Draw sigma, noise, conditioning-frame count and text dropout for a (B, C, T, H, W) batch.
+
+    Each sample is keyed by its place in the global batch, ``rank + world * i`` (the order in
+    which the sampler deals samples to ``world`` data-parallel ranks), so W ranks of batch B draw
+    exactly what one process of batch W*B draws: losses do not depend on how a global batch is
+    split over devices."""
     batch, c, t, h, w = (int(s) for s in latent_shape)
     sigmas, noises, conds, keeps = [], [], [], []
     for i in range(batch):
         def key(stream: str) -> rng.Key:
-            return rng.Key(seed, stream, step, rank, i)
+            return rng.Key(seed, stream, step, 0, rank + world * i)
 
         if cfg.recipe == "predict2":
             sigma = math.exp(float(rng.normal(key("sigma"), (), dtype=torch.float64)))

@@ -162,15 +162,16 @@ class DrawAhead:
     which releases the GIL); for a 2B Video2World step that is ~5M normals, a second or two
     of host time that would otherwise sit on the critical path. Same numbers either way."""
 
-    def __init__(self, cfg, *, seed: int, rank: int, is_video: bool):
+    def __init__(self, cfg, *, seed: int, rank: int, is_video: bool, world: int = 1):
         from concurrent.futures import ThreadPoolExecutor
 
-        self.cfg, self.seed, self.rank, self.is_video = cfg, seed, rank, is_video
+        self.cfg, self.seed, self.rank, self.is_video, self.world = cfg, seed, rank, is_video, world
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.pending = None  # (step, shape, future)
 
     def _draw(self, shape, step):
-        return losses.draw(self.cfg, shape, seed=self.seed, step=step, rank=self.rank, is_video=self.is_video)
+        return losses.draw(self.cfg, shape, seed=self.seed, step=step, rank=self.rank, is_video=self.is_video,
+                           world=self.world)
 
     def get(self, shape, step: int):
         shape = tuple(int(x) for x in shape)
@@ -183,11 +184,13 @@ class DrawAhead:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _chosen_kernels(backend) -> dict:
-    """op -> the implementation this run uses (so a log says whether a pin took effect)."""
+def _chosen_kernels() -> str:
+    """The kernels that actually ran, per op, with any fallback and its reason (registry.select
+    records each dispatched call), so a log says whether a pin or a constraint took effect."""
     from cosmos_hal import registry
 
-    return {op: registry.choose(op, backend.name)[0] for op in registry.ops()}
+    ran = registry.ran()
+    return ", ".join(f"{op}={ran[op].describe()}" for op in sorted(ran)) or "none dispatched"
 
 
 def memory_gb(backend) -> float:
@@ -241,7 +244,6 @@ def train(exp: Experiment) -> dict:
     logger.info(batch_line)
     if cp.size > 1:
         logger.info(f"context parallel: {cp.size} ranks split each sample's tokens; data-parallel size {dp_size}")
-    logger.info("kernels: " + ", ".join(f"{op}={k.name}" for op, k in _chosen_kernels(backend).items()))
     if not exp.model_path:
         logger.info(f"model_path not set: training {exp.preset} from RANDOM weights (seeded init)")
     if os.sep not in vae_source(exp):
@@ -295,7 +297,7 @@ def train(exp: Experiment) -> dict:
     trainable_only = exp.lora.kind != "none"
     exp_dict = dataclasses.asdict(exp)
     batches = iter(loader)
-    draw_ahead = DrawAhead(exp.loss, seed=exp.seed, rank=dp_rank, is_video=is_video)
+    draw_ahead = DrawAhead(exp.loss, seed=exp.seed, rank=dp_rank, is_video=is_video, world=dp_size)
     t_window, it_window = time.perf_counter(), 0
     backend.reset_peak_memory()
     allocated_before = ac.device_allocated_bytes()
@@ -345,6 +347,8 @@ def train(exp: Experiment) -> dict:
         optimizer.zero_grad()
         if ac_memory is not None and iteration == start_iteration:
             refine_ac(model, ac_memory, ac_budget, allocated_before, logger)
+        if iteration == start_iteration:
+            logger.info("kernels that ran: " + _chosen_kernels())
         iteration += 1
         it_window += 1
         logger.step()
