@@ -8,6 +8,7 @@
 #   bash tools/gpu_suite.sh train_sh_bench   # train.sh defaults vs fast=off vs the reference
 #                                            # (SHAPES=93x432x768, DEVICES=0,1 runs jobs side by side)
 #   bash tools/gpu_suite.sh memory_test      # ac_mode=auto with another process holding the GPU
+#   bash tools/gpu_suite.sh multigpu         # tests/test_multigpu.py on two GPUs (NCCL)
 # Results go to $OUT (default ./gpu_results). Several parts may be given in one call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -91,6 +92,11 @@ memory_test() {
     step memory_test "${MEMORY_TEST_TIMEOUT:-400}" $PY -m pytest -q -p no:cacheprovider tests/test_memory_budget_gpu.py
 }
 
+multigpu() {  # DDP, FSDP2, context_parallel=2 and a two-node launch equal one process; clean stop
+    step multigpu_tests "${MULTIGPU_TIMEOUT:-560}" $PY -m pytest -q -p no:cacheprovider -m multigpu tests/test_multigpu.py
+    nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader >"$OUT/gpu_apps_after.txt" 2>&1
+}
+
 infer_bench() {
     step bench_infer 170 $PY tools/bench_infer.py --json_out "$OUT/bench_infer.json"
     step train_2b_704 200 bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \
@@ -99,12 +105,12 @@ infer_bench() {
     cp /tmp/bench_2b_704/metrics.jsonl "$OUT/train_2b_704_metrics.jsonl" 2>/dev/null
 }
 
-[ $# -gt 0 ] || { sed -n 2,12p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n 2,13p "$0"; exit 2; }
 setup || { echo "setup failed"; exit 1; }
 for part in "$@"; do
     case "$part" in
         setup) ;;
-        check|parity|train_bench|train_bench_704|infer_bench|train_sh_bench|memory_test) "$part" ;;
+        check|parity|train_bench|train_bench_704|infer_bench|train_sh_bench|memory_test|multigpu) "$part" ;;
         *) echo "unknown part: $part"; exit 2 ;;
     esac
 done
