@@ -157,6 +157,19 @@ def test_check_refuses_model_path_it_cannot_load(value, says, tmp_path, capsys):
     assert rc == 2 and says in err and "give a diffusers folder" in err, err
 
 
+def test_check_names_the_layout_an_experiment_expects(dataset, capsys):
+    rc, err = check(capsys, "--EXP=predict25_video2world_lora_rank8_gr1", f"dataset_path={dataset}")
+    assert rc == 2 and "metadata.csv" in err and "data.layout=gr1" in err and "data.layout=auto" in err
+
+
+def test_check_accepts_a_diffusers_pipeline_folder_without_reading_its_weights(tmp_path, capsys):
+    (tmp_path / "ckpt" / "transformer").mkdir(parents=True)
+    (tmp_path / "ckpt" / "transformer" / "config.json").write_text("{}")
+    (tmp_path / "ckpt" / "transformer" / "diffusion_pytorch_model.safetensors").write_bytes(b"")  # not read
+    assert main(["train", "--check", "--backend=cpu", f"model_path={tmp_path / 'ckpt'}",
+                 f"output_dir={tmp_path}"]) == 0
+
+
 @pytest.mark.parametrize("value, says", [
     ("/nonexistent/vae", "vae_path=/nonexistent/vae: no such file or folder"),
     ("EMPTY_DIR", "no Wan VAE at"),

@@ -108,4 +108,6 @@ def _check_dataset(exp: Experiment, preset) -> None:
                       text_embed_dim=preset.context_dim, num_tokens=preset.text_max_length,
                       text_features=text_features.for_preset(preset).name, resize_mode=exp.data.resize_mode)
     except (DatasetError, OSError) as exc:
-        raise ExperimentError(f"{_where('dataset_path', exp.dataset_path)}: {exc}") from None
+        layout = "" if exp.data.layout == "auto" else (
+            f" (the experiment reads data.layout={exp.data.layout}; data.layout=auto goes by what the folder holds)")
+        raise ExperimentError(f"{_where('dataset_path', exp.dataset_path)}: {exc}{layout}") from None
