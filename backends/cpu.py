@@ -40,26 +40,14 @@ BACKEND_CLASS = CpuBackend
 
 
 # -- kernels ---------------------------------------------------------------------------------
-# The portable torch kernels are defined in cosmos_hal.attention / cosmos_hal.ops (the core
-# never names a device) and ranked here for every backend, since only backends/ may say
-# which device prefers what. Vendor kernels rank themselves in cuda.py and npu.py.
-import importlib as _importlib  # noqa: E402
-
+# The CPU's preference among the registered kernels (portable ones live in cosmos_hal.attention
+# and cosmos_hal.ops). Each backend's file holds its own table; registry.select reads it.
 from cosmos_hal import registry as _registry  # noqa: E402
 
-# import_module, not `from cosmos_hal import attention`: the package also has a function
-# of that name, which a from-import would return instead of the module.
-_attention = _importlib.import_module("cosmos_hal.attention")
-_ops = _importlib.import_module("cosmos_hal.ops")
-
-_PORTABLE = [
-    # op, name, function, ranks (lower = preferred)
-    ("attention", "sdpa", _attention.sdpa_attention, {"cuda": 0, "cpu": 0, "npu": 1}),
-    ("attention", "math", _attention.math_attention, {"cuda": 9, "cpu": 1, "npu": 9}),
-    ("rms_norm", "torch", _ops.torch_rms_norm, {"cuda": 1, "cpu": 0, "npu": 1}),
-    ("rope", "torch", _ops.torch_rope, {"cuda": 0, "cpu": 0, "npu": 1}),
-    ("adamw", "torch_fused", _ops.torch_fused_adamw, {"cuda": 0}),
-    ("adamw", "torch_foreach", _ops.torch_foreach_adamw, {"cuda": 2, "cpu": 0, "npu": 2}),
-]
-for _op, _name, _fn, _ranks in _PORTABLE:
-    _registry.register(_op, _name, ranks=_ranks)(_fn)
+_registry.rank("cpu", {
+    "attention": ["sdpa", "math"],
+    "rms_norm": ["torch"],
+    "rope": ["torch"],
+    "qk_norm_rope": ["torch"],
+    "adamw": ["torch_foreach"],
+})

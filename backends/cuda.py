@@ -8,7 +8,7 @@ import sys
 import torch
 
 from cosmos_hal import registry
-from cosmos_hal.attention import AttentionCall, from_bsnd, requires, to_bsnd
+from cosmos_hal.attention import AttentionCall, from_bsnd, to_bsnd
 from cosmos_hal.backend import Backend, Probe
 from cosmos_hal.ops import param_tensors
 
@@ -153,6 +153,7 @@ def _flash_attn_probe() -> bool:
 
 
 def _flash_attn_fits(call: AttentionCall) -> str | None:
+    """GPU tensors, float16/bfloat16, no mask, head dim a multiple of 8 up to 256."""
     if call.q.device.type != "cuda":
         return f"tensors are on {call.q.device}, flash_attn needs a GPU"
     if call.q.dtype not in (torch.float16, torch.bfloat16):
@@ -165,8 +166,7 @@ def _flash_attn_fits(call: AttentionCall) -> str | None:
     return None
 
 
-@requires(_flash_attn_fits)
-@registry.register("attention", "flash_attn", ranks={"cuda": 1}, probe=_flash_attn_probe)
+@registry.register("attention", "flash_attn", constraints=[_flash_attn_fits], probe=_flash_attn_probe)
 def flash_attn_attention(call: AttentionCall) -> torch.Tensor:
     """Dao-AILab flash_attn_func (BSND, fp16/bf16, no mask)."""
     from flash_attn import flash_attn_func
@@ -185,11 +185,11 @@ def _apex_rms_norm_probe() -> bool:
 
 
 def _on_gpu(x, *rest) -> str | None:
+    """input on the GPU."""
     return None if x.device.type == "cuda" else f"tensor on {x.device}; apex kernels need a GPU"
 
 
-@requires(_on_gpu)
-@registry.register("rms_norm", "apex", ranks={"cuda": 0}, probe=_apex_rms_norm_probe)
+@registry.register("rms_norm", "apex", constraints=[_on_gpu], probe=_apex_rms_norm_probe)
 def apex_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """NVIDIA apex FusedRMSNorm kernel (float32 inside, output in x's dtype)."""
     from apex.normalization.fused_layer_norm import fused_rms_norm, fused_rms_norm_affine
@@ -209,14 +209,24 @@ def _apex_adam_probe() -> bool:
 
 
 def _params_on_gpu(params) -> str | None:
+    """parameters on the GPU."""
     devices = {p.device.type for p in param_tensors(params)}
     return None if devices == {"cuda"} else f"parameters on {sorted(devices)}; apex FusedAdam needs GPU ones"
 
 
-@requires(_params_on_gpu)
-@registry.register("adamw", "apex", ranks={"cuda": 1}, probe=_apex_adam_probe)
+@registry.register("adamw", "apex", constraints=[_params_on_gpu], probe=_apex_adam_probe)
 def apex_fused_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Optimizer:
     """NVIDIA apex FusedAdam in AdamW mode (decoupled weight decay)."""
     from apex.optimizers import FusedAdam
 
     return FusedAdam(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, adam_w_mode=True)
+
+
+# The GPU's preference, most preferred first (cuDNN SDPA leads flash_attn on an H100, above).
+registry.rank("cuda", {
+    "attention": ["sdpa", "flash_attn", "math"],
+    "rms_norm": ["apex", "torch"],
+    "rope": ["torch"],
+    "qk_norm_rope": ["torch"],
+    "adamw": ["torch_fused", "apex", "torch_foreach"],
+})

@@ -15,7 +15,7 @@ import os
 import torch
 
 from cosmos_hal import ops, registry
-from cosmos_hal.attention import AttentionCall, from_bsnd, requires, to_bsnd
+from cosmos_hal.attention import AttentionCall, from_bsnd, to_bsnd
 from cosmos_hal.backend import Backend, Probe
 
 
@@ -157,6 +157,7 @@ def _torch_npu_has(attr: str):
 
 
 def _fusion_attention_fits(call: AttentionCall) -> str | None:
+    """float16/bfloat16/float32, head dim <= 768, query heads <= 256."""
     if call.q.dtype not in _NPU_DTYPES:
         return f"dtype {call.q.dtype}; npu_fusion_attention takes float16/bfloat16/float32"
     if call.q.shape[-1] > 768:
@@ -192,8 +193,8 @@ def npu_pse(mask: torch.Tensor, b: int, n: int, sq: int, sk: int, dtype: torch.d
     return bias.to(dtype).expand(shape).contiguous()
 
 
-@requires(_fusion_attention_fits)
-@registry.register("attention", "npu_fusion", ranks={"npu": 0}, probe=_torch_npu_has("npu_fusion_attention"))
+@registry.register("attention", "npu_fusion", constraints=[_fusion_attention_fits],
+                   probe=_torch_npu_has("npu_fusion_attention"))
 def npu_fusion_attention(call: AttentionCall) -> torch.Tensor:
     """torch_npu.npu_fusion_attention (FlashAttentionScore), BSND, masks converted."""
     torch_npu = import_torch_npu()
@@ -213,6 +214,7 @@ def npu_fusion_attention(call: AttentionCall) -> torch.Tensor:
 
 
 def _rms_norm_fits(x, weight, eps) -> str | None:
+    """float16/bfloat16/float32 input of 2 to 8 dims."""
     if x.dtype not in _NPU_DTYPES:
         return f"dtype {x.dtype}; npu_rms_norm takes float16/bfloat16/float32"
     if not 2 <= x.dim() <= 8:
@@ -220,8 +222,7 @@ def _rms_norm_fits(x, weight, eps) -> str | None:
     return None
 
 
-@ops.requires(_rms_norm_fits)
-@registry.register("rms_norm", "npu_rms_norm", ranks={"npu": 0}, probe=_torch_npu_has("npu_rms_norm"))
+@registry.register("rms_norm", "npu_rms_norm", constraints=[_rms_norm_fits], probe=_torch_npu_has("npu_rms_norm"))
 def npu_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """torch_npu.npu_rms_norm; gamma in x's dtype (the op requires it), rstd discarded."""
     torch_npu = import_torch_npu()
@@ -234,6 +235,7 @@ def npu_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> to
 
 
 def _rotary_fits(x, cos, sin, layout) -> str | None:
+    """float16/bfloat16/float32, even head dim < 896, batch and heads < 1000."""
     if x.dtype not in _NPU_DTYPES:
         return f"dtype {x.dtype}; npu_rotary_mul takes float16/bfloat16/float32"
     b, n = x.shape[0], (x.shape[2] if layout == "BSND" else x.shape[1])
@@ -247,8 +249,7 @@ def _rotary_fits(x, cos, sin, layout) -> str | None:
     return None
 
 
-@ops.requires(_rotary_fits)
-@registry.register("rope", "npu_rotary_mul", ranks={"npu": 0}, probe=_torch_npu_has("npu_rotary_mul"))
+@registry.register("rope", "npu_rotary_mul", constraints=[_rotary_fits], probe=_torch_npu_has("npu_rotary_mul"))
 def npu_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:
     """torch_npu.npu_rotary_mul in 'half' mode; cos/sin as 1S1D (BSND) or 11SD (BNSD)."""
     torch_npu = import_torch_npu()
@@ -259,6 +260,7 @@ def npu_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str)
 
 
 def _fused_adamw_fits(params) -> str | None:
+    """float32/float16 parameters that are not FSDP2 DTensors."""
     bad = ops.param_dtypes(params) - {torch.float32, torch.float16}
     if bad:
         return f"parameter dtypes {sorted(map(str, bad))}; NpuFusedAdamW takes float32/float16 only"
@@ -271,9 +273,37 @@ def _fused_adamw_fits(params) -> str | None:
     return None
 
 
-@ops.requires(_fused_adamw_fits)
-@registry.register("adamw", "npu_fused_adamw", ranks={"npu": 0}, probe=_torch_npu_has("optim.NpuFusedAdamW"))
+@registry.register("adamw", "npu_fused_adamw", constraints=[_fused_adamw_fits],
+                   probe=_torch_npu_has("optim.NpuFusedAdamW"))
 def npu_fused_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Optimizer:
     """torch_npu.optim.NpuFusedAdamW (params must stay where they are after construction)."""
     torch_npu = import_torch_npu()
     return torch_npu.optim.NpuFusedAdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def _qk_norm_rope_fits(x, weight, eps, cos, sin) -> str | None:
+    """npu_rms_norm's and npu_rotary_mul's constraints (BSND)."""
+    return _rms_norm_fits(x, weight, eps) or (None if cos is None else _rotary_fits(x, cos, sin, "BSND"))
+
+
+@registry.register("qk_norm_rope", "npu_rms_norm_rotary_mul", constraints=[_qk_norm_rope_fits],
+                   probe=lambda: _torch_npu_has("npu_rms_norm")() and _torch_npu_has("npu_rotary_mul")())
+def npu_qk_norm_rope(x, weight, eps, cos, sin) -> torch.Tensor:
+    """The fast path's QK-norm + RoPE as torch_npu.npu_rms_norm then npu_rotary_mul (two fused
+    AI-core kernels; y is rounded to x's dtype between them, unlike the torch kernel)."""
+    y = npu_rms_norm(x, weight, eps)
+    return y if cos is None else npu_rope(y, cos, sin, "BSND")
+
+
+# The NPU's preference, most preferred first. adamw: NpuFusedAdamW moves parameters into one
+# combined buffer, so under FSDP2 (DTensor parameters) its constraint passes it over for
+# torch's AdamW(fused=True), whose aten::_fused_adamw_ torch_npu implements for the NPU
+# (wrapper_NPU___fused_adamw_ in libtorch_npu.so 2.14.0) and which updates each local shard in
+# place; torch_foreach (torch_npu enables foreach kernels on Ascend910B and later) is last.
+registry.rank("npu", {
+    "attention": ["npu_fusion", "sdpa", "math"],
+    "rms_norm": ["npu_rms_norm", "torch"],
+    "rope": ["npu_rotary_mul", "torch"],
+    "qk_norm_rope": ["npu_rms_norm_rotary_mul", "torch"],
+    "adamw": ["npu_fused_adamw", "torch_fused", "torch_foreach"],
+})

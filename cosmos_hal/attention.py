@@ -39,7 +39,6 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from cosmos_hal import registry
-from cosmos_hal.ops import pick_kernel, requires  # noqa: F401  (kernels attach constraints with it)
 
 OP = "attention"
 LAYOUTS = ("BSND", "BNSD")
@@ -79,8 +78,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, layout: str 
     current backend's first implementation that supports this call is used.
     """
     call = make_call(q, k, v, layout=layout, scale=scale, mask=mask, dropout_p=dropout_p)
-    kernel = select_kernel(call, impl)
-    return kernel.fn(call)
+    return registry.select(OP, (call,), impl=impl).kernel.fn(call)
 
 
 def make_call(q, k, v, *, layout="BSND", scale=None, mask=None, dropout_p=0.0) -> AttentionCall:
@@ -138,8 +136,9 @@ def normalize_mask(mask: torch.Tensor | None, target: tuple[int, int, int, int])
 
 
 def select_kernel(call: AttentionCall, impl: str | None = None) -> registry.Kernel:
-    """The kernel that will run ``call``: ``impl``, else the pin, else the first that fits."""
-    return pick_kernel(OP, (call,), impl)
+    """The kernel that will run ``call`` (registry.select: ``impl``, else the pin, else the
+    backend's first that fits); records it as the one that ran."""
+    return registry.select(OP, (call,), impl=impl).kernel
 
 
 # -- layout helpers shared by kernels ------------------------------------------------------
@@ -181,6 +180,7 @@ def _sdpa_backends():
     return [table[pinned]]
 
 
+@registry.register(OP, "sdpa")
 def sdpa_attention(call: AttentionCall) -> torch.Tensor:
     """torch scaled_dot_product_attention (cuDNN > flash > memory-efficient > math)."""
     q, k, v = (to_bnsd(t, call.layout) for t in (call.q, call.k, call.v))
@@ -195,6 +195,7 @@ def sdpa_attention(call: AttentionCall) -> torch.Tensor:
 
 
 # -- explicit math -------------------------------------------------------------------------
+@registry.register(OP, "math")
 def math_attention(call: AttentionCall) -> torch.Tensor:
     """Explicit softmax(q k^T * scale + mask) v in float32 (any device; slow, O(S^2) memory)."""
     acc = torch.promote_types(call.q.dtype, torch.float32)

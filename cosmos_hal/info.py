@@ -25,13 +25,29 @@ def collect(requested: str | None = None) -> dict:
                    for n, p in _backend.probe_all().items()},
         "kernels": {},
     }
+    ran = registry.ran()
     for op, names in chosen.kernels().items():
         try:
-            kernel, how = registry.choose(op, chosen.name)
-            report["kernels"][op] = {"available": names, "chosen": kernel.name, "why": how}
+            sel = registry.select(op, backend=chosen.name)
+            entry = {"available": names, "chosen": sel.kernel.name, "why": sel.why,
+                     "passed_over_when": _constraints(op, names)}
         except registry.KernelUnavailableError as exc:
-            report["kernels"][op] = {"available": names, "chosen": None, "why": str(exc)}
+            entry = {"available": names, "chosen": None, "why": str(exc)}
+        if op in ran:  # this process dispatched a call: what ran, fallback included
+            entry["ran"] = ran[op].describe()
+        report["kernels"][op] = entry
     return report
+
+
+def _constraints(op: str, names: list[str]) -> dict[str, list[str]]:
+    """kernel -> its constraints in words: a call failing one falls back to the next kernel
+    (no call is made here, so 'chosen' is the choice for a call that meets them all)."""
+    out = {}
+    for name in names:
+        checks = registry.get(op, name).constraints
+        if checks:
+            out[name] = [(c.__doc__ or c.__name__).strip().split("\n")[0] for c in checks]
+    return out
 
 
 def _summarise(names: list[str]) -> str:
@@ -57,6 +73,10 @@ def format_text(report: dict) -> str:
     for op, k in report["kernels"].items():
         lines.append(f"  {op:<12} chosen {k['chosen']} ({k['why']}); available: "
                      f"{', '.join(k['available']) or 'none'}")
+        for name, checks in k.get("passed_over_when", {}).items():
+            lines.append(f"  {'':<12}   {name} is passed over unless: {'; '.join(checks)}")
+        if "ran" in k:
+            lines.append(f"  {'':<12}   ran: {k['ran']}")
     if not report["kernels"]:
         lines.append("  (none registered)")
     return "\n".join(lines)

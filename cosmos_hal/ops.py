@@ -20,8 +20,7 @@ torch_npu) in ``backends/``. What every implementation computes:
 
 from __future__ import annotations
 
-import os
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -31,77 +30,27 @@ from cosmos_hal import registry
 LAYOUTS = ("BSND", "BNSD")
 
 
-def requires(check: Callable[..., str | None]):
-    """Attach ``check(*args) -> None | reason`` to a kernel; the front end skips a kernel
-    whose check gives a reason (and a pinned one raises with it)."""
-
-    def wrap(fn):
-        fn.supports = check
-        return fn
-
-    return wrap
-
-
-# Under torch.compile the choice is not re-made: the last eager choice (install_processor
-# or prepare_kernels() makes one) is reused, so dispatch adds no graph break.
-_LAST_PLAN: dict[str, tuple[tuple[registry.Kernel, ...], str]] = {}
-OPS = ("attention", "rms_norm", "rope", "adamw")
-
-
-def kernel_plan(op: str, impl: str | None = None) -> tuple[tuple[registry.Kernel, ...], str]:
-    """(kernels to try, in order; what decided them) for ``op`` on the current backend.
-
-    ``impl`` or ``COSMOS_HAL_<OP>`` pins a single kernel (an error if it cannot run here).
-    """
-    if impl is None and torch.compiler.is_compiling():
-        cached = _LAST_PLAN.get(op)
-        if cached is not None:
-            return cached
-    pinned = impl or os.environ.get(registry.env_var(op), "").strip()
-    if pinned:
-        kernel = registry.get(op, pinned)
-        source = f"impl={pinned!r}" if impl else f"{registry.env_var(op)}={pinned}"
-        if not kernel.usable:
-            backend = _backend_name()
-            raise registry.KernelUnavailableError(
-                f"{source}: {op} kernel {pinned!r} cannot run here; available on {backend}: "
-                f"{', '.join(registry.available(op, backend)) or 'none'}")
-        plan = ((kernel,), source)
-    else:
-        backend = _backend_name()
-        plan = (tuple(registry.get(op, n) for n in registry.available(op, backend)), f"backend {backend}")
-    if impl is None:
-        _LAST_PLAN[op] = plan
-    return plan
+# Under torch.compile the choice is not re-made: registry.select reuses the last eager
+# candidates (install_processor or prepare_kernels() makes them), so dispatch adds no graph break.
+OPS = ("attention", "rms_norm", "rope", "adamw", "qk_norm_rope")
 
 
 def prepare_kernels() -> dict[str, str]:
-    """Choose every op's kernels now (eagerly), e.g. before torch.compile; returns op -> first choice."""
+    """Choose every op's candidates now (eagerly), e.g. before torch.compile; op -> first choice."""
     firsts = {}
     for op in OPS:
-        kernels, _ = kernel_plan(op)
-        firsts[op] = kernels[0].name if kernels else "none"
+        try:
+            firsts[op] = registry.select(op).kernel.name
+        except registry.KernelUnavailableError as exc:
+            if "accepts this call" not in str(exc):
+                raise  # a pin that cannot run here
+            firsts[op] = "none"
     return firsts
 
 
-def pick_kernel(op: str, args: tuple, impl: str | None = None) -> registry.Kernel:
-    """The first kernel of ``op``'s plan whose ``supports(*args)`` check passes."""
-    kernels, source = kernel_plan(op, impl)
-    reasons = []
-    for kernel in kernels:
-        check = getattr(kernel.fn, "supports", None)
-        reason = check(*args) if check is not None else None
-        if reason is None:
-            return kernel
-        reasons.append(f"{kernel.name}: {reason}")
-    raise registry.KernelUnavailableError(
-        f"no {op} kernel ({source}) accepts this call: " + ("; ".join(reasons) or "none registered"))
-
-
-def _backend_name() -> str:
-    from cosmos_hal.backend import current
-
-    return current().name
+def dispatch(op: str, *args):
+    """Run ``op`` on ``args`` with the kernel registry.select chooses for them (and records)."""
+    return registry.select(op, args).kernel.fn(*args)
 
 
 # -- RMSNorm -------------------------------------------------------------------------------
@@ -112,9 +61,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
                          f"the last dim of x {tuple(x.shape)}")
     if not x.dtype.is_floating_point:
         raise TypeError(f"rms_norm: x has dtype {x.dtype}; a floating dtype is needed")
-    return pick_kernel("rms_norm", (x, weight, eps)).fn(x, weight, eps)
+    return dispatch("rms_norm", x, weight, eps)
 
 
+@registry.register("rms_norm", "torch")
 def torch_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """torch F.rms_norm computed in float32, rounded once."""
     w = None if weight is None else weight.to(x.dtype).float()
@@ -135,7 +85,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, layout:
                          f"(S, D) = {want} for x {tuple(x.shape)} in layout {layout}")
     if x.shape[-1] % 2:
         raise ValueError(f"apply_rope: head dim {x.shape[-1]} must be even (rotate-half pairs its halves)")
-    return pick_kernel("rope", (x, cos, sin, layout)).fn(x, cos, sin, layout)
+    return dispatch("rope", x, cos, sin, layout)
 
 
 def rope_table_shape(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
@@ -144,6 +94,7 @@ def rope_table_shape(x: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
     return (1, s, 1, d) if layout == "BSND" else (1, 1, s, d)
 
 
+@registry.register("rope", "torch")
 def torch_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: str) -> torch.Tensor:
     """x*cos + rotate_half(x)*sin in float32, rounded once (any device)."""
     shape = rope_table_shape(x, layout)
@@ -167,7 +118,7 @@ def fused_adamw(params: Iterable, lr: float = 1e-3, betas: tuple[float, float] =
     if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
         raise ValueError(f"fused_adamw: invalid hyper-parameters lr={lr} betas={betas} eps={eps} "
                          f"weight_decay={weight_decay} (need lr, eps, wd >= 0 and 0 <= beta < 1)")
-    kernel = pick_kernel("adamw", (params,))
+    kernel = registry.select("adamw", (params,)).kernel
     return kernel.fn(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay)
 
 
@@ -187,11 +138,30 @@ def param_dtypes(params: list) -> set[torch.dtype]:
     return {p.dtype for p in param_tensors(params)}
 
 
+def fused_adamw_fits(params) -> str | None:
+    """floating parameters on a device type torch has a fused AdamW kernel for.
+
+    torch's AdamW(fused=True) needs floating parameters on a device type torch has a fused
+    kernel for (torch.utils._foreach_utils; torch_npu registers aten::_fused_adamw_ for its
+    device, libtorch_npu.so 2.14.0). DTensor parameters are fine: it updates local shards."""
+    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+
+    supported = _get_fused_kernels_supported_devices()
+    for p in param_tensors(params):
+        if not p.is_floating_point():
+            return f"parameter dtype {p.dtype}; AdamW(fused=True) needs floating point"
+        if p.device.type not in supported:
+            return f"parameters on {p.device.type}; torch has fused AdamW for {', '.join(supported)}"
+    return None
+
+
+@registry.register("adamw", "torch_fused", constraints=[fused_adamw_fits])
 def torch_fused_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Optimizer:
     """torch.optim.AdamW(fused=True): one multi-tensor kernel per step."""
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=True)
 
 
+@registry.register("adamw", "torch_foreach")
 def torch_foreach_adamw(params, *, lr, betas, eps, weight_decay) -> torch.optim.Optimizer:
     """torch.optim.AdamW(foreach=True): portable, horizontally batched."""
     return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)
@@ -207,10 +177,20 @@ def qk_norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
     passes over q and k; one float32 pass is both cheaper (torch.compile fuses it into a single
     kernel; eager it is still one read and one write of x at the ends) and at least as accurate.
     Same meaning as ``apply_rope(rms_norm(x, weight, eps), cos, sin)`` up to that rounding.
-    No ``cos`` means no rotation (cross-attention keys/queries).
+    No ``cos`` means no rotation (cross-attention keys/queries). The backend's kernel runs it
+    (registry op "qk_norm_rope"; on an NPU torch_npu.npu_rms_norm then npu_rotary_mul).
     """
     if x.dim() != 4:
         raise ValueError(f"qk_norm_rope: x must be 4-D BSND, got {tuple(x.shape)}")
+    if (cos is None) != (sin is None):
+        raise ValueError("qk_norm_rope: pass both cos and sin, or neither (no rotation)")
+    return dispatch("qk_norm_rope", x, weight, eps, cos, sin)
+
+
+@registry.register("qk_norm_rope", "torch")
+def torch_qk_norm_rope(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
+                       cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+    """One float32 pass (RMSNorm, weight, rotate-half RoPE), rounded once (any device)."""
     xf = x.float()
     y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
     if weight is not None:

@@ -267,15 +267,13 @@ def test_fsdp2_dtensor_parameters_fall_back_from_npu_fused_adamw(npu_emulator):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import distribute_tensor
 
-    from cosmos_hal.backends.npu import npu_fused_adamw
-
     owns_group = not dist.is_initialized()
     if owns_group:
         dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
     try:
         mesh = init_device_mesh("cpu", (1,))
         p = torch.nn.Parameter(distribute_tensor(torch.randn(4, 3), mesh))
-        assert "DTensor" in npu_fused_adamw.supports([p])
+        assert "DTensor" in registry.get("adamw", "npu_fused_adamw").check([p])
         assert type(ops.fused_adamw([p])) is torch.optim.AdamW
     finally:
         if owns_group:
@@ -286,7 +284,7 @@ def test_prepare_kernels_reports_the_first_choice_per_op(monkeypatch):
     monkeypatch.setenv("COSMOS_HAL_BACKEND", "cpu")
     monkeypatch.setenv("COSMOS_HAL_ATTENTION", "math")
     assert ops.prepare_kernels() == {"attention": "math", "rms_norm": "torch", "rope": "torch",
-                                     "adamw": "torch_foreach"}
+                                     "adamw": "torch_foreach", "qk_norm_rope": "torch"}
     monkeypatch.setenv("COSMOS_HAL_ROPE", "npu_rotary_mul")
     with pytest.raises(registry.KernelUnavailableError, match="COSMOS_HAL_ROPE=npu_rotary_mul"):
         ops.prepare_kernels()

@@ -15,6 +15,8 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile, supported_activities
 
+from cosmos_hal import registry
+
 # Checked in order; the first family whose pattern matches a kernel's name gets its time.
 FAMILIES = (
     ("attention", re.compile(r"fmha|flash|sdpa|attention|attn", re.I)),
@@ -65,10 +67,15 @@ def profile_call(fn, *, synchronize, top: int = 30) -> dict:
         "top_kernels": [{"name": e.key[:160], "ms": time_of(e) / 1e3, "calls": e.count, "family": family(e.key)}
                         for e in ranked],
         "table": events.table(sort_by=sort_key, row_limit=top, max_name_column_width=80),
+        # what cosmos_hal's dispatch chose for the calls that ran (fallbacks with their reason)
+        "dispatched": {op: sel.describe() for op, sel in sorted(registry.ran().items())},
     }
 
 
 def summary_lines(prof: dict) -> list[str]:
     total = prof["device_ms_total"] or 1.0
-    return [f"{fam:>20}: {ms:9.1f} ms ({100 * ms / total:4.1f} %), {prof['kernel_launches'][fam]} launches"
-            for fam, ms in prof["by_family_ms"].items()]
+    lines = [f"{fam:>20}: {ms:9.1f} ms ({100 * ms / total:4.1f} %), {prof['kernel_launches'][fam]} launches"
+             for fam, ms in prof["by_family_ms"].items()]
+    dispatched = prof.get("dispatched") or {}
+    return lines + ([f"{'dispatched':>20}: " + ", ".join(f"{op}={k}" for op, k in dispatched.items())]
+                    if dispatched else [])

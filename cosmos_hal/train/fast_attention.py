@@ -4,7 +4,8 @@ Why not ``CosmosHalAttnProcessor`` as it is: it chooses the kernel on every call
 reads, registry lookups), which torch.compile would have to trace through, and it rounds q/k to
 bf16 between RMSNorm and RoPE. This processor
 
-* normalises and rotates q and k in one float32 pass (``ops.qk_norm_rope``, one rounding);
+* normalises and rotates q and k through the backend's QK-norm + RoPE kernel (``ops.qk_norm_rope``:
+  one float32 pass with one rounding in torch; ``npu_rms_norm`` then ``npu_rotary_mul`` on an NPU);
 * resolves the attention kernel ONCE, at install time, for the device and dtype the training
   step will use (``cosmos_hal.attention.select_kernel``: cuDNN SDPA first on NVIDIA GPUs, see
   docs/benchmarks.md); when that kernel is torch SDPA it calls
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
 
+from cosmos_hal import registry
 from cosmos_hal.ops import qk_norm_rope
 from cosmos_hal.models.processor import project_out, project_qkv, sdpa_mask
 
@@ -98,11 +100,14 @@ def resolve_kernel(device: torch.device, dtype: torch.dtype, heads: int = 2, hea
     """(kernel name, SDPA backend priority list or None) the fast path will use on ``device``.
 
     Asks the registry with a small probe call of the training dtype and layout, so a pin
-    (``COSMOS_HAL_ATTENTION``, ``COSMOS_HAL_SDPA_BACKEND``) is honoured once, here."""
+    (``COSMOS_HAL_ATTENTION``, ``COSMOS_HAL_SDPA_BACKEND``) is honoured once, here; the QK-norm +
+    RoPE kernel is chosen the same way (so a compiled step reuses it and the log names it)."""
     q = torch.zeros(1, 8, heads, head_dim, device=device, dtype=dtype)
     call = _attention.make_call(q, q, q, layout="BSND")
     kernel = _attention.select_kernel(call)
     backends = _attention._sdpa_backends() if kernel.name == "sdpa" else None
+    table = torch.zeros(8, head_dim, device=device)
+    registry.select("qk_norm_rope", (q, torch.ones(head_dim, device=device), 1e-6, table, table))
     return kernel.name, backends
 
 
