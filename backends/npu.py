@@ -105,6 +105,12 @@ class NpuBackend(Backend):
             v["cann"] = cann
         return v
 
+    def checkpoint_save_ops(self) -> tuple:
+        # torch_npu.npu_fusion_attention is this dispatcher op (torch_npu/distributed/tensor/
+        # _attention.py registers its sharding on npu.npu_fusion_attention.default)
+        op = getattr(getattr(torch.ops, "npu", None), "npu_fusion_attention", None)
+        return (op.default,) if op is not None else ()
+
     def visible_devices_env(self) -> str:
         return "ASCEND_RT_VISIBLE_DEVICES"
 

@@ -124,6 +124,11 @@ class Backend:
 
         return {"torch": torch.__version__}
 
+    def checkpoint_save_ops(self) -> tuple:
+        """Dispatcher ops (OpOverloads) whose outputs ``selective`` activation checkpointing keeps
+        besides torch's SDPA ops: the backend's own attention op, if it has one."""
+        return ()
+
     def kernels(self) -> dict[str, list[str]]:
         """op -> implementations usable on this backend, most preferred first."""
         from cosmos_hal import registry

@@ -11,7 +11,8 @@ attention included, and attention is two thirds of the forward FLOPs at 93x432x7
                      AdaLN modulation, RoPE, GELU, gates), which compile fuses into a few
                      memory-bound kernels. About 1.5 GB per Predict2-2B block at 31104 tokens;
 * ``"selective"``    SAVES only the outputs of the self-attention kernel (the SDPA aten ops:
-                     cuDNN, flash, memory-efficient, CPU flash; output + logsumexp) and
+                     cuDNN, flash, memory-efficient, CPU flash; output + logsumexp; and the
+                     backend's own op, ``npu_fusion_attention`` on an NPU) and
                      recomputes everything else. Backward then runs the attention backward
                      directly from the saved output instead of re-running the attention forward;
 * ``"full"``         recompute the whole block (diffusers' behaviour; least memory).
@@ -57,10 +58,30 @@ def _sdpa_ops() -> tuple:
 SDPA_OPS = _sdpa_ops()
 
 
+_BACKEND_OPS: tuple = ()  # the backend's own attention ops; a constant the policy reads under compile
+
+
+def saved_attention_ops() -> tuple:
+    """Attention ops whose outputs ``selective`` keeps: torch's SDPA ops and the current backend's
+    own (``Backend.checkpoint_save_ops``: npu_fusion_attention on an NPU). apply_block_ac calls it."""
+    from cosmos_hal.backend import current
+
+    global _BACKEND_OPS
+    _BACKEND_OPS = tuple(current().checkpoint_save_ops())
+    return SDPA_OPS + _BACKEND_OPS
+
+
+# Sequence axis of q/k per layout; a backend op names its layout in its fifth argument
+# (npu_fusion_attention(q, k, v, head_num, input_layout, ...)); SDPA's aten ops are BNSD.
+_SEQ_AXIS = {"BNSD": -2, "BSND": 1, "BSH": 1, "SBH": 0}
+
+
 def _seq_lengths(args) -> tuple[int, int]:
-    """(query length, key length) of an SDPA aten call (BNSD q, k first)."""
-    if len(args) > 1 and all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in args[:2]):
-        return int(args[0].shape[-2]), int(args[1].shape[-2])
+    """(query length, key length) of an attention call (q, k first)."""
+    layout = args[4] if len(args) > 4 and isinstance(args[4], str) else "BNSD"
+    axis = _SEQ_AXIS.get(layout)
+    if axis is not None and len(args) > 1 and all(isinstance(t, torch.Tensor) and t.dim() >= 3 for t in args[:2]):
+        return int(args[0].shape[axis]), int(args[1].shape[axis])
     return 0, 0
 
 
@@ -80,7 +101,7 @@ def _mm_inner_dim(op, args) -> int:
 def save_attention_policy(ctx, op, *args, **kwargs):
     """Selective-checkpoint policy: keep self-attention (and any long-context) SDPA outputs,
     recompute everything else."""
-    if op in SDPA_OPS:
+    if op in SDPA_OPS or op in _BACKEND_OPS:
         sq, sk = _seq_lengths(args)
         if sk == sq or sk >= SAVE_MIN_KEYS:
             return CheckpointPolicy.MUST_SAVE
@@ -140,6 +161,7 @@ def apply_block_ac(model, modes) -> list[str]:
         raise ValueError(f"apply_block_ac: unknown mode(s) {bad}; use {', '.join(MODES)}")
     if getattr(model, "gradient_checkpointing", False):
         model.disable_gradient_checkpointing()
+    saved_attention_ops()
     for block, mode in zip(blocks, modes):
         block._cosmos_hal_ac = mode
         block.forward = functools.partial(_checkpointed_forward, block)

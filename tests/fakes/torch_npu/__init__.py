@@ -129,4 +129,5 @@ def _register() -> None:
 _register()
 
 from torch_npu._ops import CALLS, npu_fusion_attention, npu_rms_norm, npu_rotary_mul  # noqa: E402
+from torch_npu._library import npu_fusion_attention  # noqa: E402,F811  (torch.ops.npu, as the real one)
 from torch_npu import optim  # noqa: E402  (the real package imports it too)
