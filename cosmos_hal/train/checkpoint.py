@@ -9,8 +9,13 @@ Layout (``<output_dir>/checkpoints/``)::
     latest_checkpoint.txt          "iter_000000500"
 
 Atomic: every file goes into ``iter_....tmp`` first; rank 0 renames the folder once all
-ranks have written, then rewrites latest_checkpoint.txt through a temporary name. A crash
-leaves at worst a stale ``.tmp`` folder, never a half checkpoint that resume would pick.
+ranks have written, then rewrites latest_checkpoint.txt through a temporary name. trainer.pt
+is written last and lists every file with its size, so a folder is complete by its content
+(``incomplete``), whatever its name. keep_last renames an old folder to ``.trash-<name>-<pid>``
+before deleting it, so a kill mid-delete leaves a trash folder, never an ``iter_`` folder
+without its model.pt. ``clean`` (rank 0, at start) removes trash, stale ``.tmp`` folders and
+``.latest_checkpoint.*.tmp`` files, and moves incomplete ``iter_`` folders out of the way;
+``latest`` and ``iteration_dirs`` skip incomplete folders.
 
 FSDP2: weights and optimizer state are gathered into full (unsharded) state dicts with
 torch.distributed.checkpoint.state_dict (``full_state_dict=True, cpu_offload=True``), so a
@@ -130,21 +135,79 @@ def ema_weights(checkpoint_dir: str) -> dict[str, torch.Tensor]:
 # -- folders --------------------------------------------------------------------------------
 
 
-def iteration_dirs(root: str) -> list[str]:
+_RANK_FILE = "rank_{:05d}.pt"
+TRASH_PREFIX = ".trash-"
+
+
+def incomplete(folder: str) -> str | None:
+    """Why checkpoint ``folder`` cannot be resumed from (a file missing or cut short), or None.
+
+    Judged by content: trainer.pt lists every file and its size; folders from before that
+    list must hold model.pt, optim.pt and one rank file per process."""
+    try:
+        meta = torch.load(os.path.join(folder, "trainer.pt"), map_location="cpu", weights_only=False)
+        files = meta.get("files") or {n: None for n in ("model.pt", "optim.pt", *(
+            _RANK_FILE.format(r) for r in range(int(meta["world_size"]))))}
+    except Exception as err:  # missing, truncated or foreign trainer.pt
+        return f"trainer.pt unreadable ({type(err).__name__}: {err})"
+    for name, size in files.items():
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            return f"{name} missing"
+        if size is not None and os.path.getsize(path) != size:
+            return f"{name} has {os.path.getsize(path)} bytes, trainer.pt says {size}"
+    return None
+
+
+def iteration_dirs(root: str, complete: bool = True) -> list[str]:
+    """``iter_NNNNNNNNN`` folder names under ``root``, oldest first; only the complete ones
+    unless ``complete=False``."""
     if not os.path.isdir(root):
         return []
-    return sorted(d for d in os.listdir(root) if _ITER_DIR.match(d))
+    names = sorted(d for d in os.listdir(root) if _ITER_DIR.match(d) and os.path.isdir(os.path.join(root, d)))
+    return [d for d in names if not incomplete(os.path.join(root, d))] if complete else names
 
 
 def latest(root: str) -> str | None:
-    """The newest complete checkpoint folder under ``root``, or None."""
+    """The newest complete checkpoint folder under ``root``, or None. latest_checkpoint.txt
+    wins when the folder it names is complete; else the newest complete folder."""
     marker = os.path.join(root, LATEST)
     if os.path.isfile(marker):
         name = open(marker, encoding="utf-8").read().strip()
-        if name and os.path.isdir(os.path.join(root, name)):
+        if _ITER_DIR.match(name) and os.path.isdir(os.path.join(root, name)) and not incomplete(os.path.join(root, name)):
             return os.path.join(root, name)
     dirs = iteration_dirs(root)
     return os.path.join(root, dirs[-1]) if dirs else None
+
+
+def _discard(root: str, name: str) -> None:
+    """Rename ``root/name`` out of the way, then delete it: a kill part-way leaves a
+    ``.trash-`` folder that ``clean`` removes, never a half folder under a normal name."""
+    trash = os.path.join(root, f"{TRASH_PREFIX}{name}-{os.getpid()}")
+    os.rename(os.path.join(root, name), trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean(root: str) -> list[str]:
+    """Remove what an interrupted save or rotation left under ``root`` (call on rank 0 only,
+    before resuming): ``.trash-*`` and ``iter_*.tmp`` folders, ``.latest_checkpoint.*.tmp*``
+    files, and incomplete ``iter_`` folders. Returns the names removed."""
+    if not os.path.isdir(root):
+        return []
+    removed = []
+    stem = "." + os.path.splitext(LATEST)[0] + "."
+    for name in sorted(os.listdir(root)):
+        path = os.path.join(root, name)
+        if name.startswith(stem) and ".tmp" in name and os.path.isfile(path):
+            os.remove(path)
+        elif name.startswith(TRASH_PREFIX) or (name.endswith(".tmp") and _ITER_DIR.match(name[:-4])):
+            shutil.rmtree(path, ignore_errors=True)
+        elif _ITER_DIR.match(name) and os.path.isdir(path) and incomplete(path):
+            _discard(root, name)
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 def save(root: str, iteration: int, *, model, optimizer, scheduler, ema, loader, experiment: dict,
@@ -166,22 +229,26 @@ def save(root: str, iteration: int, *, model, optimizer, scheduler, ema, loader,
     ema_sd = ema_state(ema)
     optim = optimizer_state(model, optimizer)
     torch.save({"rng": rng.capture_state(), "loader": loader.state_dict(), "rank": w.rank},
-               os.path.join(tmp, f"rank_{w.rank:05d}.pt"))
+               os.path.join(tmp, _RANK_FILE.format(w.rank)))
     if w.is_main:
         torch.save({"net": net, "ema": ema_sd, "trainable_only": trainable_only}, os.path.join(tmp, "model.pt"))
         torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, os.path.join(tmp, "optim.pt"))
-        torch.save({"iteration": iteration, "world_size": w.world_size, "experiment": experiment},
-                   os.path.join(tmp, "trainer.pt"))
         if extra_writer is not None:
             extra_writer(tmp, net)
     dist.barrier()
     if w.is_main:
+        # written last, once every rank's file is there: the list that makes the folder complete
+        files = {f: os.path.getsize(os.path.join(tmp, f)) for f in sorted(os.listdir(tmp))}
+        torch.save({"iteration": iteration, "world_size": w.world_size, "experiment": experiment, "files": files},
+                   os.path.join(tmp, "trainer.pt"))
         if os.path.isdir(final):
-            shutil.rmtree(final)
+            _discard(root, name)
         os.replace(tmp, final)
         write_text_atomic(os.path.join(root, LATEST), name + "\n")
-        for old in iteration_dirs(root)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+        old = iteration_dirs(root, complete=False)[:-keep_last] if keep_last > 0 else []
+        for stale in old:
+            if stale != name:  # never the folder just written (a newer one may be from an earlier run)
+                _discard(root, stale)
     dist.barrier()
     return final
 

@@ -280,6 +280,10 @@ def train(exp: Experiment) -> dict:
     scheduler = build_scheduler(optimizer, exp.schedule, exp.cycle_length(), processes=dp_size)
 
     iteration = 0
+    if world.is_main:  # what a kill during a save or keep_last rotation left behind
+        for name in ckpt.clean(ckpt_root):
+            logger.info(f"removed {os.path.join(ckpt_root, name)} (left by an interrupted save or rotation)")
+    dist.barrier()
     found = ckpt.latest(ckpt_root) if exp.resume else None
     if found:
         iteration = ckpt.restore(found, model=owner, optimizer=optimizer, scheduler=scheduler, ema=ema, loader=loader)
