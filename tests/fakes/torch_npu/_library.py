@@ -29,8 +29,13 @@ def _formula():
     return importlib.import_module("torch_npu._ops")  # the current emulator (tests re-import it)
 
 
+_DOCUMENTED = SCHEMA.split(") -> ")[0].count(",") + 1 - _EXTRA  # the documented call's parameters
+
+
 def _forward(*args):
-    return _formula().npu_fusion_attention(*args[: len(args) - _EXTRA])
+    # the dispatcher hands a Python kernel only the arguments up to the last non-default one,
+    # so the extras are cut by position, not counted from the end
+    return _formula().npu_fusion_attention(*args[:_DOCUMENTED])
 
 
 class _FusionAttention(torch.autograd.Function):
