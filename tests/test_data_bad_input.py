@@ -144,3 +144,36 @@ def test_loader_without_skip_raises_naming_the_file(root, num_workers):
     with pytest.raises(BadSampleError, match="fewer than num_frames") as err:
         next(iter(loader))
     assert str(bad) in str(err.value)
+
+
+def test_no_skip_errors_name_the_override_a_user_types(root):
+    """#20 point 5: the training override (data.skip_bad_samples=true), not the Python argument."""
+    victim = root / "metas" / "synthetic_0002.txt"
+    victim.unlink()
+    with pytest.raises(BadSampleError) as err:
+        build_dataset(root, num_frames=9)
+    msg = str(err.value)
+    assert str(victim) in msg and "data.skip_bad_samples=true" in msg and "skip_bad_samples=True" not in msg
+
+
+@pytest.mark.parametrize("problem", ["corrupt", "short"])
+def test_loader_without_skipping_names_the_file_and_the_override(root, problem):
+    bad = _break(root, problem)
+    ds = build_dataset(root, num_frames=9)
+    loader = build_loader(ds, batch_size=4, seed=5, rank=0, world_size=1, num_workers=0, shuffle=False)
+    with pytest.raises(BadSampleError) as err:
+        next(iter(loader))
+    msg = str(err.value)
+    assert str(bad) in msg and "data.skip_bad_samples=true" in msg and "skip_bad_samples=True" not in msg
+    if problem == "short":
+        assert "data.num_frames=, at most 3" in msg
+
+
+def test_every_experiment_skips_bad_samples_by_default_and_training_md_says_so():
+    from pathlib import Path
+
+    from cosmos_hal.train import experiments
+
+    assert all(experiments.get(n).data.skip_bad_samples is True for n in experiments.names())
+    doc = (Path(__file__).parents[1] / "docs" / "training.md").read_text()
+    assert "`data.skip_bad_samples` defaults to `true` in every experiment" in doc

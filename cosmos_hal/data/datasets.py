@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 
 from cosmos_hal import rng
 from cosmos_hal.data import text_features as _features
-from cosmos_hal.data.errors import BadSampleError, DatasetError
+from cosmos_hal.data.errors import SKIP_BAD_SAMPLES, BadSampleError, DatasetError
 from cosmos_hal.data.latent_cache import LatentCache, as_latent_cache
 from cosmos_hal.data.t5_pickle import EmbeddingError, read_t5_pickle
 from cosmos_hal.data.video_io import read_image, read_video, video_info
@@ -194,7 +194,7 @@ class CosmosDataset(Dataset):
             more = f"\n  ... and {len(broken) - 5} more" if len(broken) > 5 else ""
             raise BadSampleError(
                 f"{len(broken)} of {len(samples)} samples in {self.root} are incomplete:\n  {shown}{more}\n"
-                f"Fix them, or pass skip_bad_samples=True to train on the rest."
+                f"Fix them, or skip them and train on the rest with {SKIP_BAD_SAMPLES}."
             )
         for s, why in broken:
             self._record_bad(str(s.media), why)
@@ -273,7 +273,7 @@ class CosmosDataset(Dataset):
         if total < self.num_frames:
             raise BadSampleError(
                 f"{s.media}: video has {total} frames, fewer than num_frames={self.num_frames}; "
-                f"drop it or train with fewer frames"
+                f"drop it, or train with fewer frames (data.num_frames=, at most {total})"
             )
         start = self.window_start(index, total)
         frames = read_video(s.media, range(start, start + self.num_frames))

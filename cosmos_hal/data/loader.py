@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from cosmos_hal.data.errors import BadSampleError
+from cosmos_hal.data.errors import SKIP_BAD_SAMPLES, BadSampleError
 from cosmos_hal.data.sampler import RngDistributedSampler
 
 log = logging.getLogger("cosmos_hal.data")
@@ -80,13 +80,13 @@ class _BatchFetcher(Dataset):
                 problem = getattr(self.dataset, "bad", {}).get(self._path(j), "dataset returned None for it")
             except BadSampleError as err:
                 if not self.skip_bad_samples:
-                    raise
+                    raise BadSampleError(f"{err}\n(or skip bad samples with {SKIP_BAD_SAMPLES})") from err
                 item, problem = None, str(err)
             if item is not None:
                 return item
             if not self.skip_bad_samples:
                 raise BadSampleError(
-                    f"{self._path(j)}: {problem}; build the loader with skip_bad_samples=True to replace it"
+                    f"{self._path(j)}: {problem}; fix or remove it, or skip bad samples with {SKIP_BAD_SAMPLES}"
                 )
             skipped.append((self._path(j), problem))
         raise BadSampleError(f"all {n} samples of the dataset are bad; first: {skipped[0][1] if skipped else '?'}")
