@@ -142,3 +142,17 @@ def test_sigkill_during_keep_last_then_resume_from_the_last_complete_checkpoint(
         its = [json.loads(line)["iteration"] for line in fh]
     assert its == [1, 2, 3, 4, 5, 6], its  # resumed at 4, not from scratch and not from a half folder
     assert sorted(os.listdir(root)) == ["iter_000000006", "latest_checkpoint.txt"]
+
+
+def test_ema_weights_of_an_incomplete_folder_names_the_newest_complete_one(tmp_path):
+    from cosmos_hal.train.ema import PowerEMA
+
+    objs = _objects()
+    objs["ema"] = PowerEMA(objs["model"], 0.0, 0)
+    for it in (1, 2):
+        ckpt.save(str(tmp_path), it, **objs, experiment={}, trainable_only=False, keep_last=0)
+    assert set(ckpt.ema_weights(str(tmp_path / "iter_000000002"))) == {"weight", "bias"}
+    os.remove(tmp_path / "iter_000000002" / "model.pt")
+    with pytest.raises(FileNotFoundError, match="iter_000000002 is not a complete checkpoint .model.pt missing.; "
+                                                "the newest complete one is .*iter_000000001"):
+        ckpt.ema_weights(str(tmp_path / "iter_000000002"))

@@ -126,6 +126,11 @@ def load_ema_state(ema, state: dict) -> None:
 def ema_weights(checkpoint_dir: str) -> dict[str, torch.Tensor]:
     """The EMA weights of a checkpoint folder as a state dict, for inference
     (``build_transformer(preset, weights=ema_weights(dir))`` for a full fine-tune)."""
+    why = incomplete(checkpoint_dir)
+    if why:
+        newest = latest(os.path.dirname(os.path.abspath(checkpoint_dir)))
+        raise FileNotFoundError(f"{checkpoint_dir} is not a complete checkpoint ({why}); "
+                                + (f"the newest complete one is {newest}" if newest else "no complete one is beside it"))
     state = torch.load(os.path.join(checkpoint_dir, "model.pt"), map_location="cpu", weights_only=False)
     if not state.get("ema"):
         raise KeyError(f"{checkpoint_dir}/model.pt holds no EMA weights (the run had ema.enabled=false)")
