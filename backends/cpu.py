@@ -25,6 +25,19 @@ class CpuBackend(Backend):
     def device_names(self) -> list[str]:
         return [platform.processor() or platform.machine()]
 
+    def is_accelerator(self) -> bool:
+        return False  # the host is the device: nothing to offload to, every rank shares it
+
+    def supports_bf16(self) -> bool:
+        return True  # torch computes bf16 on any CPU (emulated where AVX512-BF16/AMX are absent)
+
+    def default_dtype(self) -> torch.dtype:
+        # bf16 is emulated on most CPUs (slower than fp32) and the CPU is the parity reference
+        return torch.float32
+
+    def empty_cache(self) -> None:
+        """The CPU allocator keeps no device cache."""
+
     def memory_stats(self) -> dict[str, float]:
         # ru_maxrss is KiB on Linux: the process's peak resident memory.
         peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

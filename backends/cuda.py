@@ -63,8 +63,17 @@ class CudaBackend(Backend):
         torch.backends.cuda.matmul.allow_tf32 = not enabled
         torch.backends.cudnn.allow_tf32 = not enabled
 
+    def is_accelerator(self) -> bool:
+        return True
+
     def supports_bf16(self) -> bool:
         return torch.cuda.is_bf16_supported()
+
+    def empty_cache(self) -> None:
+        torch.cuda.empty_cache()
+
+    def sdpa_variants(self) -> tuple[str, ...]:
+        return ("cudnn", "flash", "efficient")
 
     def memory_stats(self) -> dict[str, float]:
         free, total = torch.cuda.mem_get_info()  # device-wide: other processes' memory is not free

@@ -81,6 +81,16 @@ class NpuBackend(Backend):
         torch.npu.matmul.allow_hf32 = not enabled
         torch.npu.conv.allow_hf32 = not enabled
 
+    def is_accelerator(self) -> bool:
+        return True
+
+    def supports_bf16(self) -> bool:
+        # torch_npu/npu/utils.py (2.14.0): asks the SoC; Atlas A2 (Ascend910B) computes bf16
+        return torch.npu.is_bf16_supported()
+
+    def empty_cache(self) -> None:
+        torch.npu.empty_cache()  # torch_npu/npu/memory.py
+
     def memory_stats(self) -> dict[str, float]:
         free, total = torch.npu.mem_get_info()  # device-wide: other processes' memory is not free
         return {

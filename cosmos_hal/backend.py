@@ -16,6 +16,7 @@ Selection (first match wins):
 
 from __future__ import annotations
 
+import abc
 import functools
 import importlib
 import os
@@ -47,24 +48,40 @@ class Probe:
     reason: str
 
 
-class Backend:
-    """Base class of cuda/npu/cpu backends. Subclasses fill in the device specifics.
+class Backend(abc.ABC):
+    """Base class of cuda/npu/cpu backends: everything the core asks about the hardware.
 
-    The defaults here are the CPU's answers, so a subclass only overrides what differs.
+    The core never compares a backend's or a device's name (tests/test_packaging.py checks);
+    it asks one of these methods. The abstract ones (availability, accelerator or host, bf16,
+    memory figures, cache emptying, launch environment) every backend must answer itself, so a
+    new backend that forgets one fails when it is built, not halfway through a run; the other
+    defaults are the answers of a host device without generators or an allocator of its own.
     """
 
-    name: str = ""
-    device_type: str = ""
-    dist_backend: str = ""
+    name: str = ""  # what --backend / COSMOS_HAL_BACKEND take
+    device_type: str = ""  # torch's device type: tensor placement and torch.autocast(device_type=...)
+    dist_backend: str = ""  # torch.distributed's collective backend
+
+    def __init__(self) -> None:
+        missing = [a for a in ("name", "device_type", "dist_backend") if not getattr(self, a)]
+        if missing:
+            raise TypeError(f"{type(self).__name__} must set the class attribute(s) {', '.join(missing)}")
 
     # -- availability ---------------------------------------------------------------
+    @abc.abstractmethod
     def probe(self) -> Probe:
-        raise NotImplementedError
+        """Whether this backend can run here, and why (never raises)."""
 
     def is_available(self) -> bool:
         return self.probe().available
 
     # -- devices --------------------------------------------------------------------
+    @abc.abstractmethod
+    def is_accelerator(self) -> bool:
+        """True where tensors live in a device's own memory, apart from the host's: then each rank
+        binds a device of its own (init_process_group's device_id, DDP's device_ids), offloading
+        to the host frees device memory, and full-size benchmarks make sense."""
+
     def device_count(self) -> int:
         return 1
 
@@ -99,15 +116,29 @@ class Backend:
 
         torch.use_deterministic_algorithms(enabled, warn_only=False)
 
+    @abc.abstractmethod
     def supports_bf16(self) -> bool:
-        return True
+        """Whether bfloat16 tensors compute natively here (asked before choosing bf16)."""
+
+    def default_dtype(self) -> torch.dtype:
+        """The compute dtype when the user names none (inference's --dtype): bfloat16, the
+        checkpoints' own, where the device supports it, else float32 (float16 stays opt-in)."""
+        import torch
+
+        return torch.bfloat16 if self.supports_bf16() else torch.float32
 
     # -- introspection ----------------------------------------------------------------
+    @abc.abstractmethod
     def memory_stats(self) -> dict[str, float]:
         """GiB: ``allocated_gb``, ``peak_allocated_gb``, ``reserved_gb`` (this process), and the
         device's ``free_gb`` (not held by any process) and ``total_gb``, where the device has an
-        allocator; {} where it has none (CPU). Memory plans size to free + this process's reserved."""
-        return {}
+        allocator; without one (CPU) none of these keys. Memory plans size to free + this
+        process's reserved."""
+
+    @abc.abstractmethod
+    def empty_cache(self) -> None:
+        """Give the allocator's cached, unused blocks back to the device (between benchmark runs,
+        upstream's empty_cache calls); a no-op where there is no caching allocator."""
 
     def proven_fast_path(self) -> frozenset[str]:
         """The parts of the training fast path this backend has been measured to run correctly
@@ -139,9 +170,14 @@ class Backend:
         """The environment variable that limits a process to some devices ("" where none does)."""
         return ""
 
+    def sdpa_variants(self) -> tuple[str, ...]:
+        """torch SDPA's own kernels this device chooses among, each pinnable with
+        COSMOS_HAL_SDPA_BACKEND (tools/bench_kernels.py times each); () where there is one."""
+        return ()
+
+    @abc.abstractmethod
     def launch_env(self, args: Any = None) -> dict[str, str]:
         """Environment variables train.sh exports before torchrun (collective, allocator)."""
-        return {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} name={self.name!r} device_type={self.device_type!r}>"

@@ -103,7 +103,7 @@ def init(timeout_s: float | None = None, backend=None) -> World:
     timeout = float(timeout_s or os.environ.get("COSMOS_HAL_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
     if not tdist.is_initialized():
         kwargs = {}
-        if be.device_type != "cpu":
+        if be.is_accelerator():  # binds the rank to its device; host ranks share the CPU
             kwargs["device_id"] = be.device(info["local_rank"])
         tdist.init_process_group(
             backend=be.dist_backend,

@@ -131,3 +131,59 @@ def test_npu_memory_stats_report_the_device_total_for_ac_plans(npu_emulator, mon
     assert stats["total_gb"] == 0 and ac.device_total_bytes() == 0
     monkeypatch.setattr(torch.npu, "mem_get_info", lambda device=None: (10 * 2**30, 64 * 2**30))  # a 64 GB card
     assert ac.device_total_bytes() == 64 * 2**30
+
+
+# -- the contract: what the core asks instead of comparing names (#16 point 2) -------------------
+CONTRACT = {"probe", "is_accelerator", "supports_bf16", "memory_stats", "empty_cache", "launch_env"}
+
+
+def test_every_backend_answers_the_abstract_contract():
+    assert CONTRACT <= backend_mod.Backend.__abstractmethods__
+    for name in backend_mod.BACKEND_MODULES:
+        be = backend_mod.get_backend(name)  # would raise TypeError if one answer were missing
+        assert be.name == name and be.device_type and be.dist_backend
+
+    class Forgetful(backend_mod.Backend):
+        name, device_type, dist_backend = "x", "cpu", "gloo"
+
+        def probe(self):
+            return backend_mod.Probe(True, "test")
+
+    with pytest.raises(TypeError, match="empty_cache"):
+        Forgetful()
+
+
+def test_a_backend_without_its_names_is_refused():
+    cpu_cls = type(backend_mod.get_backend("cpu"))
+    nameless = type("Nameless", (cpu_cls,), {"dist_backend": ""})
+    with pytest.raises(TypeError, match="dist_backend"):
+        nameless()
+
+
+def test_cpu_answers_host_float32_and_no_device_memory():
+    from cosmos_hal.infer.loader import resolve_dtype
+
+    cpu = backend_mod.get_backend("cpu")
+    assert not cpu.is_accelerator() and cpu.supports_bf16()
+    assert cpu.default_dtype() == torch.float32 and resolve_dtype(None, cpu) == torch.float32
+    assert resolve_dtype("bf16", cpu) == torch.bfloat16
+    assert "free_gb" not in cpu.memory_stats() and cpu.sdpa_variants() == ()
+    cpu.empty_cache()  # a no-op, but it must exist
+
+
+def test_npu_answers_through_torch_npu(npu_emulator, monkeypatch):
+    from cosmos_hal.infer.loader import InferenceInputError, resolve_dtype
+    from cosmos_hal.patching import runtime
+
+    npu = backend_mod.current()
+    assert npu.name == "npu" and npu.is_accelerator()
+    assert npu.default_dtype() == torch.bfloat16 and resolve_dtype(None, npu) == torch.bfloat16
+    emptied = []
+    monkeypatch.setattr(torch.npu, "empty_cache", lambda: emptied.append(1))
+    runtime.empty_cache()  # upstream's torch.cuda.empty_cache(), patched
+    assert emptied == [1]
+    # an Ascend without bf16 (torch.npu.is_bf16_supported() False): float32 by default, bf16 refused
+    monkeypatch.setattr(torch.npu, "is_bf16_supported", lambda: False)
+    assert resolve_dtype(None, npu) == torch.float32
+    with pytest.raises(InferenceInputError, match="--dtype fp16 or --dtype fp32"):
+        resolve_dtype("bf16", npu)

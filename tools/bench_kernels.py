@@ -44,7 +44,6 @@ TINY_SHAPES = {
     "self_tiny": (1, 257, 257, 2, 64),
     "cross_tiny": (1, 257, 64, 2, 64),
 }
-SDPA_SUB = ("cudnn", "flash", "efficient")
 MATH_MAX_SCORES_GB = 8.0  # the math kernel materialises B*N*Sq*Sk float32 scores
 
 
@@ -75,12 +74,13 @@ def matmul_ceiling(backend, device, n: int, warmup: int, repeats: int) -> dict:
     return {"n": n, "median_s": median, "tflops": 2.0 * n ** 3 / median / 1e12}
 
 
-def implementations(backend_name: str, device_type: str) -> list[tuple[str, str, str | None]]:
-    """(label, kernel name, SDPA sub-backend) for every attention kernel the backend offers."""
+def implementations(backend) -> list[tuple[str, str, str | None]]:
+    """(label, kernel name, SDPA sub-backend) for every attention kernel the backend offers;
+    torch SDPA once per kernel of its own the device has (Backend.sdpa_variants)."""
     rows = []
-    for name in registry.available("attention", backend_name):
-        if name == "sdpa" and device_type == "cuda":
-            rows += [(f"sdpa[{sub}]", "sdpa", sub) for sub in SDPA_SUB]
+    for name in registry.available("attention", backend.name):
+        if name == "sdpa" and backend.sdpa_variants():
+            rows += [(f"sdpa[{sub}]", "sdpa", sub) for sub in backend.sdpa_variants()]
         else:
             rows.append((name, name, None))
     return rows
@@ -119,15 +119,10 @@ def bench_one(kernel: str, sub: str | None, shape, device, backend, warmup: int,
     return {"median_s": median, "times_s": times, "tflops": attention_flops(*shape) / median / 1e12}
 
 
-def _free(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 def run(args) -> dict:
     backend, why = current_with_reason()
-    if backend.name == "cpu" and not args.tiny:
-        raise SystemExit("bench_kernels: no GPU or NPU here (backend cpu: " + why + "). The Cosmos shapes "
+    if not backend.is_accelerator() and not args.tiny:
+        raise SystemExit(f"bench_kernels: no GPU or NPU here (backend {backend.name}: {why}). The Cosmos shapes "
                          "need an accelerator; run with --tiny for a quick CPU smoke test.")
     backend.set_device(0)
     device = backend.device(0)
@@ -143,7 +138,7 @@ def run(args) -> dict:
         "ceiling": matmul_ceiling(backend, device, 512 if args.tiny else 8192, args.warmup, args.repeats),
         "rows": [],
     }
-    impls = implementations(backend.name, device.type)
+    impls = implementations(backend)
     if args.impls:
         impls = [row for row in impls if row[0] in args.impls or row[1] in args.impls]
     todo = [(label, kernel, sub, name, shape) for name, shape in shapes.items() for label, kernel, sub in impls]
@@ -155,7 +150,7 @@ def run(args) -> dict:
         todo_iter = todo
     for label, kernel, sub, name, shape in todo_iter:
         result = bench_one(kernel, sub, shape, device, backend, args.warmup, args.repeats)
-        _free(device)  # the run's tensors died with bench_one; give the cache back between runs
+        backend.empty_cache()  # the run's tensors died with bench_one; give the cache back between runs
         if "tflops" in result:
             result["fraction_of_ceiling"] = result["tflops"] / report["ceiling"]["tflops"]
         b, sq, sk, n, d = shape

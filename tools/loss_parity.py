@@ -82,11 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _default_backends() -> list[str]:
     import cosmos_hal
 
-    here = cosmos_hal.current_backend().name
-    if here == "cpu":
+    here = cosmos_hal.current_backend()
+    if not here.is_accelerator():  # the CPU is the reference: nothing to compare it with
         raise parity.ParityInputError("only the cpu backend is available here; name two with --backends "
                                       "(e.g. --backends cpu,cpu for a run-to-run check)")
-    return [here, "cpu"]  # the CPU is the reference
+    return [here.name, "cpu"]  # the CPU is the reference
 
 
 def main(argv: list[str] | None = None) -> int:

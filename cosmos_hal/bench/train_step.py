@@ -572,8 +572,7 @@ def run(args) -> dict:
         raise SystemExit("--warmup and --repeats must be >= 1 (the first step compiles and allocates state)")
     backend = _backend()
     device = backend.device(0)
-    if device.type != "cpu":
-        backend.set_device(0)
+    backend.set_device(0)  # a no-op on the host
     report = {"device": ", ".join(backend.device_names()[:1]) or device.type, "backend": backend.name,
               "versions": backend.versions(), "preset": preset.name, "args": vars(args),
               "ceiling_size": args.ceiling_size, "settings": [], "ratios": [], "block_memory_gb": {},

@@ -52,7 +52,7 @@ class LoadOptions:
     text_encoder_path: str | None = None
     preset: str | None = None  # DiT shape for an NVIDIA .pt checkpoint
     ema: bool = False  # NVIDIA training checkpoints: take net_ema.* weights
-    dtype: str | None = None  # bf16 | fp16 | fp32; default: fp32 on the CPU, else bf16
+    dtype: str | None = None  # bf16 | fp16 | fp32; default: Backend.default_dtype() (CPU fp32, else bf16)
     processor: str = "hal"  # hal | diffusers
     fps_scaling: bool = False  # diffusers' fps-scaled temporal RoPE (off: as the checkpoints)
     offload: bool = False  # keep text encoder and VAE on the CPU between uses
@@ -63,12 +63,17 @@ class LoadOptions:
 
 
 def resolve_dtype(name: str | None, backend) -> torch.dtype:
+    """--dtype, else the backend's default; bf16 only where the backend computes it."""
     if name is None:
-        return torch.float32 if backend.name == "cpu" else torch.bfloat16
+        return backend.default_dtype()
     try:
-        return DTYPES[name]
+        dtype = DTYPES[name]
     except KeyError:
         raise InferenceInputError(f"--dtype {name!r}: choose one of {', '.join(DTYPES)}") from None
+    if dtype == torch.bfloat16 and not backend.supports_bf16():
+        raise InferenceInputError(f"--dtype {name}: the {backend.name} backend's device does not support "
+                                  "bfloat16; use --dtype fp16 or --dtype fp32")
+    return dtype
 
 
 def pipeline_class_name(model: Path, task: str) -> str:
@@ -212,11 +217,12 @@ def load_pipeline(opts: LoadOptions, backend=None):
 
         load_loras(pipe.transformer, opts.loras, fuse=opts.fuse_lora)
 
-    if opts.offload and backend.name != "cpu":
+    if opts.offload and backend.is_accelerator():
         place_offloaded(pipe, device)
     else:
         if opts.offload:
-            log.info("--offload has no effect on the CPU backend")
+            log.info("--offload has no effect on the %s backend (no device memory apart from the host's)",
+                     backend.name)
         pipe.to(device)
     pipe.cosmos_hal_backend = backend
     return pipe

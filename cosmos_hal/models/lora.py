@@ -135,9 +135,9 @@ def init_draw(name: str, shape, *, seed: int, init: str = "peft", rank: int = 1)
 def _fork_rng_of(model):
     """Keep peft's own random init from advancing the global generators (CPU and the model's device)."""
     device = next(model.parameters()).device
-    if device.type in ("cpu", "meta"):
+    if device.index is None:  # the host (or meta): only the CPU generator, which fork_rng always keeps
         return torch.random.fork_rng(devices=[])
-    return torch.random.fork_rng(devices=[device.index or 0], device_type=device.type)
+    return torch.random.fork_rng(devices=[device.index], device_type=device.type)
 
 
 def _row_norms(layer) -> torch.Tensor:

@@ -73,9 +73,7 @@ def _device_module():
 
 def empty_cache() -> None:
     """Return cached device memory to the driver; nothing to do where there is no cache."""
-    fn = getattr(_device_module(), "empty_cache", None)
-    if fn is not None:
-        fn()
+    backend().empty_cache()
 
 
 def new_stream():
@@ -103,8 +101,8 @@ class RMSNorm(nn.Module):
         if zero_centered_gamma:
             raise NotImplementedError("RMSNorm(zero_centered_gamma=True) is not used by cosmos-predict2 and not "
                                       "provided by cosmos_hal")
-        if device is not None and torch.device(device).type not in ("cpu", "meta"):
-            device = None  # upstream says its GPU; the module is moved with the model later
+        if device is not None and torch.device(device) != torch.device("meta"):
+            device = None  # upstream says its GPU; built on the default device, moved with the model later
         self.hidden_size = hidden_size
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(hidden_size, dtype=params_dtype, device=device))

@@ -116,10 +116,11 @@ def apply_fsdp(model: nn.Module, *, reshard_after_forward: bool = True,
 
 
 def apply_ddp(model: nn.Module, device: torch.device) -> nn.Module:
-    """DistributedDataParallel; ``device_ids`` only for accelerators (a CPU module takes none)."""
+    """DistributedDataParallel; ``device_ids`` only for a rank's own device (Backend.device gives
+    accelerators an index; the host device, which every rank shares, has none and takes none)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    ids = None if device.type == "cpu" else [device.index if device.index is not None else 0]
+    ids = None if device.index is None else [device.index]
     return DistributedDataParallel(model, device_ids=ids)
 
 
