@@ -110,6 +110,7 @@ npu.memory_allocated = lambda device=None: 0
 npu.max_memory_allocated = lambda device=None: _peak["allocated"]
 npu.memory_reserved = lambda device=None: 0
 npu.reset_peak_memory_stats = lambda device=None: _peak.update(allocated=0)
+npu.empty_cache = lambda: None  # torch_npu/npu/memory.py: empty_cache(); emulated memory is the host's
 npu.mem_get_info = lambda device=None: (0, 0)  # (free, total) bytes, as torch_npu.npu.mem_get_info; no device memory here
 npu.matmul = types.SimpleNamespace(allow_hf32=True)
 npu.conv = types.SimpleNamespace(allow_hf32=True)
