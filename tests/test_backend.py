@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -187,3 +188,10 @@ def test_npu_answers_through_torch_npu(npu_emulator, monkeypatch):
     assert resolve_dtype(None, npu) == torch.float32
     with pytest.raises(InferenceInputError, match="--dtype fp16 or --dtype fp32"):
         resolve_dtype("bf16", npu)
+    from cosmos_hal.train.experiments import ExperimentError, get
+    from cosmos_hal.train.trainer import check_precision
+
+    exp = get("tiny_video2world_synthetic")
+    with pytest.raises(ExperimentError, match="precision=fp32"):
+        check_precision(dataclasses.replace(exp, precision="bf16"), npu)
+    check_precision(dataclasses.replace(exp, precision="fp32"), npu)

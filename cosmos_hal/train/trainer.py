@@ -99,6 +99,15 @@ def vae_source(exp: Experiment) -> str:
     return "tiny" if exp.preset.startswith("tiny") else "wan2.1"
 
 
+def check_precision(exp: Experiment, backend) -> None:
+    """precision=bf16 (autocast and bf16 weights) only where the backend computes bfloat16."""
+    from cosmos_hal.train.experiments import ExperimentError
+
+    if exp.precision == "bf16" and not backend.supports_bf16():
+        raise ExperimentError(f"precision=bf16: the {backend.name} backend's device does not support bfloat16; "
+                              "pass precision=fp32")
+
+
 def build_vae_for(exp: Experiment, device):
     from cosmos_hal.models.vae import build_vae
 
@@ -226,6 +235,7 @@ def refine_ac(model, memory, budget, allocated_before: int, logger) -> None:
 def train(exp: Experiment) -> dict:
     """Run ``exp`` to max_iter (resuming from the latest checkpoint); returns a summary."""
     backend = _backend.current()
+    check_precision(exp, backend)
     world = dist.init(timeout_s=exp.dist_timeout)
     if exp.parity:
         backend.set_deterministic(True)
