@@ -125,7 +125,10 @@ def _register() -> None:
     else:  # a second import after a test removed us from sys.modules: torch's accelerator
         # API keeps the first module object, so refresh that one in place
         torch.npu.__dict__.update({k: v for k, v in npu.__dict__.items() if not k.startswith("__")})
+    _device.register()
 
+
+from torch_npu import _device  # noqa: E402
 
 _register()
 
