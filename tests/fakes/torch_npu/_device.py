@@ -94,7 +94,6 @@ _LOWER = ["mm", "bmm", "addmm", "addbmm", "baddbmm", "matmul", "linear", "conv1d
           "scaled_dot_product_attention"]
 _FP32 = ["softmax", "log_softmax", "layer_norm", "group_norm", "rms_norm", "mse_loss", "norm", "cumsum",
          "exp", "pow", "sum", "prod", "cross_entropy_loss", "binary_cross_entropy_with_logits"]
-_libs = []
 
 
 def _autocast_kernel(op, to_lower: bool):
@@ -124,7 +123,7 @@ def _hccl_as_gloo(store, rank, world_size, timeout):
 
 def register() -> None:
     """Give PrivateUse1 (renamed ``npu``) a device guard, allocation and autocast; once."""
-    if _libs:
+    if getattr(torch, "_fake_torch_npu_device", None) is not None:  # a re-import reuses the first
         return
     from torch.utils.backend_registration import _DummyDeviceGuard, _DummyPrivateUse1Hook
 
@@ -146,7 +145,7 @@ def register() -> None:
             for overload in packet.overloads():
                 ac_aten.impl(f"{name}.{overload}" if overload != "default" else name,
                              _autocast_kernel(getattr(packet, overload), lower))
-    _libs.extend([lib, ac, ac_aten])
+    torch._fake_torch_npu_device = [lib, ac, ac_aten]  # keeps the registrations alive
     import torch.distributed as dist
 
     if dist.is_available() and "hccl" not in dist.Backend.backend_list:
