@@ -121,7 +121,8 @@ def test_predict2_image_loss_has_no_condition_frames_and_no_video_noise_scale():
     d = _draws(cfg, shape, False)
     assert d.num_cond.tolist() == [0, 0, 0, 0]
     for b in range(4):  # the bare exp(N(0,1)) draw: no sqrt(T), no high-sigma replacement
-        z = float(rng.normal(rng.Key(11, "sigma", 3, 1, b), (), dtype=torch.float64))
+        # keyed by the sample's place in the global batch: rank 1 of world 1 -> 1 + b (loss.draw)
+        z = float(rng.normal(rng.Key(11, "sigma", 3, 0, 1 + b), (), dtype=torch.float64))
         assert math.isclose(float(d.sigma[b]), math.exp(z), rel_tol=1e-12)
     x0 = torch.randn(shape)
     net = LinearNet(3, False)
