@@ -96,7 +96,7 @@ _peak = {"allocated": 0}
 npu.is_available = _is_available
 npu.device_count = lambda: _count if _active() else 0
 npu.get_amp_supported_dtype = lambda: [torch.float16, torch.bfloat16]
-npu.is_bf16_supported = lambda: True
+npu.is_bf16_supported = lambda including_emulation=False: True
 npu.set_device = _set_device
 npu.current_device = lambda: _current
 npu.synchronize = lambda device=None: None
@@ -105,7 +105,7 @@ npu.manual_seed_all = _manual_seed_all
 npu._is_in_bad_fork = lambda: False  # torch.manual_seed asks every device module
 npu.get_rng_state = _get_rng_state
 npu.set_rng_state = _set_rng_state
-npu.get_device_name = lambda device=None: "Ascend910B1 (emulated)"
+npu.get_device_name = lambda device_name=None: "Ascend910B1 (emulated)"
 npu.memory_allocated = lambda device=None: 0
 npu.max_memory_allocated = lambda device=None: _peak["allocated"]
 npu.memory_reserved = lambda device=None: 0
