@@ -10,9 +10,10 @@ documented semantics (see docs/npu.md and the op schemas in the real wheel's
   get_device_name, memory counters, matmul/conv ``allow_hf32`` switches.
 * Kernels (``_ops.py``): npu_fusion_attention, npu_rms_norm, npu_rotary_mul, and
   ``torch_npu.optim.NpuFusedAdamW``, per Ascend's documented semantics and restrictions.
-* Like the real package it renames torch's PrivateUse1 backend to ``npu`` so
-  ``torch.device("npu", i)`` is valid; tensors are not placed there (no device memory), the
-  emulated ops take CPU tensors.
+* Like the real package it renames torch's PrivateUse1 backend to ``npu``; ``_device.py`` backs
+  that device with CPU memory (tensors report ``npu:0``), gives it ``autocast("npu")`` and
+  registers the ``hccl`` process group as gloo, so the trainer runs with ``backend=npu``. The
+  emulated ops take CPU tensors as well as npu ones.
 
 ``FAKE_NPU_DEVICE_COUNT`` (default 8) sets how many devices it reports.
 """
