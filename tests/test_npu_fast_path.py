@@ -8,27 +8,14 @@ import pytest
 import torch
 
 from cosmos_hal import ops, registry
-from cosmos_hal.bench.step import build_model, forward_loss, make_inputs
 from cosmos_hal.train import ac
-from cosmos_hal.train.compile import make_fast
 from kernel_reference import rel_err as rel
-from test_fast_path import PRESET, SHAPE, RecordOps, _qk_norm_rope_f64
-
-
-def _training_step(ac_mode, record_ops=(), describe=None):
-    """One fp32 forward + backward of the tiny model on the fast path; returns recorded calls."""
-    model = build_model(PRESET, torch.device("cpu"), lora_rank=0, seed=1)
-    make_fast(model, ac_modes=ac_mode, compile=False, device="cpu", compute_dtype=torch.float32)
-    inp = make_inputs(PRESET, SHAPE, "cpu", seed=2)
-    recorder = RecordOps(record_ops, describe)
-    with recorder:
-        forward_loss(model, inp, amp_dtype=None, device_type="cpu").backward()
-    return recorder.calls
+from test_fast_path import PRESET, SHAPE, _qk_norm_rope_f64, record_training_step
 
 
 def test_fast_path_runs_qk_norm_and_rope_through_the_npu_kernels(npu_emulator):
     before = dict(npu_emulator.CALLS)
-    _training_step("none")
+    record_training_step("none", (), None)
     used = {op: npu_emulator.CALLS[op] - before.get(op, 0) for op in ("npu_rms_norm", "npu_rotary_mul")}
     n = PRESET.num_layers
     # per block: q and k of self-attention (normed and rotated) and of cross-attention (normed only)
@@ -58,7 +45,7 @@ def test_qk_norm_rope_falls_back_to_torch_and_says_why(npu_emulator):
 @pytest.mark.parametrize("mode,self_runs,cross_runs", [("full", 2, 2), ("selective", 1, 2), ("none", 1, 1)])
 def test_selective_keeps_npu_fusion_attention_output(npu_emulator, mode, self_runs, cross_runs):
     op = torch.ops.npu.npu_fusion_attention.default
-    calls = _training_step(mode, (op,), lambda func, args: ac._seq_lengths(args))
+    calls = record_training_step(mode, (op,), lambda func, args: ac._seq_lengths(args))
     n, s = PRESET.num_layers, SHAPE.tokens()
     assert sum(1 for q, k in calls if q == k == s) == self_runs * n
     assert sum(1 for q, k in calls if k == SHAPE.text_tokens) == cross_runs * n
