@@ -84,19 +84,18 @@ def reference_command(repo: str, job: Job, *, preset: str, modes: str, lora_rank
 
 
 def stop_group(proc: subprocess.Popen, grace_s: float = 20.0) -> None:
-    """SIGTERM to the job's process group, SIGKILL to what is left after ``grace_s``."""
-    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+    """SIGTERM to the job's process group; after it exits or ``grace_s`` passes, SIGKILL to
+    whatever of the group is left (stragglers, or a group that ignored SIGTERM)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=wait)
-            if sig == signal.SIGTERM:
-                os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group, if any
-            return
-        except (subprocess.TimeoutExpired, ProcessLookupError):
-            continue
+            proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5.0)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        pass
 
 
 def run_jobs(jobs: list[tuple[Job, list[str]]], slots: list[dict], *, timeout_s: float, log=print,
