@@ -9,14 +9,15 @@ hyper-parameters are copied here as values, with the file they came from named.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
+
+# The parser moved to train/overrides.py; ExperimentError is re-exported for the modules that import it here.
+from cosmos_hal.train.overrides import ExperimentError, check_ranges, set_fields, valid_keys  # noqa: F401
+from cosmos_hal.train.overrides import Range as _Range
 
 
 def power_ema_gamma(rate: float = 0.10) -> float:
@@ -173,10 +174,6 @@ class Experiment:
         return self.schedule.cycle_length or self.max_iter
 
 
-class ExperimentError(ValueError):
-    """A bad experiment name or override; the message lists what is valid."""
-
-
 EXPERIMENTS: dict[str, Callable[[], Experiment]] = {}
 DEFAULT_EXPERIMENT = "tiny_video2world_synthetic"
 
@@ -200,96 +197,12 @@ def get(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
     return apply_overrides(exp, overrides)
 
 
-# -- overrides ------------------------------------------------------------------------------
-
-
-def valid_keys(obj: Any, prefix: str = "") -> list[str]:
-    out = []
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            out += valid_keys(value, prefix + f.name + ".")
-        else:
-            out.append(f"{prefix}{f.name} ({_type_name(hints[f.name])})")
-    return out
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
-
-
-def _parse(key: str, text: str, tp) -> Any:
-    origin = typing.get_origin(tp)
-    try:
-        if tp is bool:
-            low = text.strip().lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError("expected true/false")
-        if tp is int:
-            return int(text)
-        if tp is float:
-            return float(_eval_number(text))
-        if tp is str:
-            return text
-        if origin is tuple:
-            parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
-            args = typing.get_args(tp)
-            if len(parts) != len(args):
-                raise ValueError(f"expected {len(args)} comma-separated values")
-            return tuple(_parse(key, part.strip(), a) for part, a in zip(parts, args))
-        if origin in (typing.Union, types.UnionType):
-            for a in typing.get_args(tp):
-                if a is type(None):
-                    if text.lower() in ("none", "null", ""):
-                        return None
-                    continue
-                return _parse(key, text, a)
-    except ValueError as exc:
-        raise ExperimentError(f"override {key}={text!r}: cannot read it as {_type_name(tp)} ({exc})") from None
-    raise ExperimentError(f"override {key}: unsupported field type {tp}")
-
-
-def _eval_number(text: str) -> float:
-    """Floats, plus the power-of-two forms upstream writes (``2**-14.5``)."""
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    if "**" in text:
-        base, exp = text.split("**", 1)
-        return float(base) ** float(exp)
-    raise ValueError("expected a number")
+# -- overrides: parsed by train/overrides.py, checked here ----------------------------------------
 
 
 def apply_overrides(exp: Experiment, overrides) -> Experiment:
-    exp = copy.deepcopy(exp)
-    for item in overrides:
-        if "=" not in item:
-            raise ExperimentError(f"override {item!r} is not key=value; valid keys:\n  " + "\n  ".join(valid_keys(exp)))
-        key, text = item.split("=", 1)
-        key = key.strip().lstrip("-")
-        target: Any = exp
-        parts = key.split(".")
-        for part in parts[:-1]:
-            sub = getattr(target, part, None)
-            if not dataclasses.is_dataclass(sub):
-                target = None
-                break
-            target = sub
-        if target is None or parts[-1] not in {f.name for f in dataclasses.fields(target)} or \
-                dataclasses.is_dataclass(getattr(target, parts[-1])):
-            raise ExperimentError(f"unknown key {key!r}; valid keys:\n  " + "\n  ".join(valid_keys(exp)))
-        tp = typing.get_type_hints(type(target))[parts[-1]]
-        setattr(target, parts[-1], _parse(key, text, tp))
+    """A copy of ``exp`` with ``key=value`` overrides applied and validated."""
+    exp = set_fields(exp, overrides)
     validate(exp)
     return exp
 
@@ -301,25 +214,6 @@ _CHOICES = {
     "ac_mode": (None, "full", "selective", "selective_mm", "auto"),
     "fast": ("auto", "on", "off"),
 }
-
-
-class _Range(typing.NamedTuple):
-    """A closed or half-open interval of finite numbers; ``str()`` says it the way a user reads it."""
-
-    lo: float
-    hi: float = math.inf
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def __contains__(self, v) -> bool:
-        return math.isfinite(v) and (v > self.lo if self.lo_open else v >= self.lo) and \
-            (v < self.hi if self.hi_open else v <= self.hi)
-
-    def __str__(self) -> str:
-        low = f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        if self.hi == math.inf:
-            return f"a finite number {low}"
-        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
 
 
 _PROBABILITY, _POSITIVE, _NON_NEGATIVE, _COUNT = _Range(0, 1), _Range(0, lo_open=True), _Range(0), _Range(1)
@@ -358,18 +252,11 @@ _RANGES: dict[str, tuple[_Range, str]] = {
 
 
 def _check_ranges(exp: Experiment) -> None:
-    """Raise ExperimentError for the first value of _RANGES outside its range, naming the key,
-    the range and the experiment's own value to type instead."""
-    for key, (allowed, hint) in _RANGES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(exp, section), name)
-        if all(v in allowed for v in (value if isinstance(value, tuple) else (value,))):
-            continue
-        ref = EXPERIMENTS[exp.name]() if exp.name in EXPERIMENTS else Experiment()
-        default = getattr(getattr(ref, section), name)
-        shown = ",".join(f"{v:g}" for v in default) if isinstance(default, tuple) else f"{default:g}"
-        raise ExperimentError(f"{key}={value}: must be {allowed}{f' ({hint})' if hint else ''}; "
-                              f"{exp.name or 'the default'} has {key}={shown}")
+    """Raise ExperimentError for the first value of _RANGES outside its range, with the
+    experiment's own value to type instead."""
+    check_ranges(exp, _RANGES, lambda: EXPERIMENTS[exp.name]() if exp.name in EXPERIMENTS else Experiment(),
+                 exp.name or "the default")
+
 
 
 def validate(exp: Experiment) -> None:
