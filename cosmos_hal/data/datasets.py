@@ -66,7 +66,8 @@ def detect_layout(root: Path) -> str:
     if (root / "videos").is_dir():
         return "gr1" if (root / "metadata.csv").is_file() else "nemo"
     raise DatasetError(
-        f"{root}: not a dataset folder; expected videos/ (nemo, gr1 with metadata.csv) or images/ (image layout)"
+        f"{root}: not a dataset folder; expected videos/ (nemo, gr1 with metadata.csv), images/ (image layout) "
+        f"or .jpg/.png/.webp images directly in it (image_folder layout, captions as data.caption_strategy= says)"
         + ("" if root.is_dir() else " (the folder does not exist)")
     )
 

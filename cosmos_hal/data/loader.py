@@ -146,12 +146,15 @@ class InfiniteLoader:
         pin_memory: bool = False,
         multiprocessing_context=None,
         prefetch_factor: int | None = None,
+        sampler: RngDistributedSampler | None = None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: need at least 1")
         self.dataset = dataset
         self.batch_size = int(batch_size)
-        self.sampler = RngDistributedSampler(len(dataset), seed=seed, rank=rank, world_size=world_size, shuffle=shuffle)
+        # ``sampler``: another order of the same contract (data.buckets.BucketSampler: one shape per batch)
+        self.sampler = sampler or RngDistributedSampler(len(dataset), seed=seed, rank=rank, world_size=world_size,
+                                                        shuffle=shuffle)
         if len(self.sampler) < self.batch_size:
             raise ValueError(
                 f"{len(dataset)} samples over {world_size} rank(s) give {len(self.sampler)} per rank, fewer than "
