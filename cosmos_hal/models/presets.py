@@ -4,13 +4,16 @@ Why presets: experiments, tools and tests name a model ("predict2-2b", "tiny") i
 repeating twenty constructor arguments. The real shapes are those of diffusers' conversion
 script (``scripts/convert_cosmos_to_diffusers.py``) and of upstream cosmos-predict2 1.0.9's
 configs (``MinimalV1LVGDiT``: ``in_channels`` 16 + 1 condition-mask channel; the padding-mask
-channel is added on top by the model itself when ``concat_padding_mask`` is set).
+channel is added on top by the model itself when ``concat_padding_mask`` is set). Predict1
+(Cosmos 1.0) presets use the same diffusers class with its Cosmos-1.0 configurations and the
+Cosmos 1.0 CV8x8x8 VAE (``AutoencoderKLCosmos``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import ClassVar
 
 # Wan 2.1 VAE latent statistics (diffusers' AutoencoderKLWan defaults, the values the
 # Cosmos2 pipelines normalise with).
@@ -29,7 +32,7 @@ class TransformerPreset:
     """Constructor arguments of ``CosmosTransformer3DModel`` plus what the trainer needs to know."""
 
     name: str
-    task: str  # "video2world" (condition-mask channel) or "text2image"
+    task: str  # "video2world" (condition-mask channel), "text2world" (Predict1) or "text2image"
     num_attention_heads: int
     attention_head_dim: int
     num_layers: int
@@ -56,6 +59,11 @@ class TransformerPreset:
     @property
     def latent_channels(self) -> int:
         return self.out_channels
+
+    @property
+    def family(self) -> str:
+        """"predict1" (Cosmos 1.0: learnable extra positional embedding, CV8x8x8 VAE, EDM) or "predict2"."""
+        return "predict1" if self.extra_pos_embed_type == "learnable" else "predict2"
 
     @property
     def has_condition_mask(self) -> bool:
@@ -112,6 +120,7 @@ class VAEPreset:
     scale_factor_temporal: int = 4
     scale_factor_spatial: int = 8
     description: str = ""
+    diffusers_class: ClassVar[str] = "AutoencoderKLWan"
 
     def diffusers_config(self) -> dict:
         return {
@@ -137,6 +146,58 @@ class VAEPreset:
         )
 
 
+@dataclass(frozen=True)
+class CosmosVAEPreset:
+    """Constructor arguments of diffusers' ``AutoencoderKLCosmos`` (the Cosmos 1.0 CV8x8x8 tokenizer).
+
+    Predict1 (Cosmos 1.0) DiTs work on its latents: 16 channels, 8x temporal and 8x spatial
+    compression (``1 + (T-1)/8`` latent frames). ``latents_mean``/``latents_std`` left ``None``
+    mean diffusers' defaults (``autoencoder_kl_cosmos.py`` LATENTS_MEAN/LATENTS_STD: 16 channels
+    x 16 latent frames, the tokenizer's ``mean_std.pt`` the conversion script reads).
+    """
+
+    name: str
+    latent_channels: int = 16
+    encoder_block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    decode_block_out_channels: tuple[int, ...] = (256, 512, 512, 512)
+    attention_resolutions: tuple[int, ...] = (32,)
+    resolution: int = 1024
+    num_layers: int = 2
+    patch_size: int = 4
+    patch_type: str = "haar"
+    scale_factor_temporal: int = 8
+    scale_factor_spatial: int = 8
+    latents_mean: tuple[float, ...] | None = None
+    latents_std: tuple[float, ...] | None = None
+    description: str = ""
+    diffusers_class: ClassVar[str] = "AutoencoderKLCosmos"
+
+    @property
+    def z_dim(self) -> int:
+        return self.latent_channels
+
+    def diffusers_config(self) -> dict:
+        cfg = {
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": self.latent_channels,
+            "encoder_block_out_channels": tuple(self.encoder_block_out_channels),
+            "decode_block_out_channels": tuple(self.decode_block_out_channels),
+            "attention_resolutions": tuple(self.attention_resolutions),
+            "resolution": self.resolution,
+            "num_layers": self.num_layers,
+            "patch_size": self.patch_size,
+            "patch_type": self.patch_type,
+            "spatial_compression_ratio": self.scale_factor_spatial,
+            "temporal_compression_ratio": self.scale_factor_temporal,
+        }
+        if self.latents_mean is not None:
+            cfg.update(latents_mean=list(self.latents_mean), latents_std=list(self.latents_std))
+        return cfg
+
+    latent_shape = VAEPreset.latent_shape
+
+
 _2B = dict(num_attention_heads=16, attention_head_dim=128, num_layers=28)
 _14B = dict(num_attention_heads=40, attention_head_dim=128, num_layers=36)
 # Tiny: trains a step in milliseconds on 2 CPU cores at 5 latent frames of 8x8.
@@ -149,6 +210,15 @@ _TINY = dict(
     max_size=(32, 64, 64),
     text_max_length=512,
 )
+
+# Cosmos-Predict1 (Cosmos 1.0) DiTs: diffusers' scripts/convert_cosmos_to_diffusers.py,
+# TRANSFORMER_CONFIGS["Cosmos-1.0-Diffusion-{7B,14B}-{Text2World,Video2World}"]: learnable
+# extra positional embedding, text2world in_channels 16, video2world 16 + 1 (condition mask).
+_P1_7B = dict(num_attention_heads=32, attention_head_dim=128, num_layers=28, rope_scale=(2.0, 1.0, 1.0),
+              extra_pos_embed_type="learnable")
+_P1_14B = dict(num_attention_heads=40, attention_head_dim=128, num_layers=36, rope_scale=(2.0, 2.0, 2.0),
+               extra_pos_embed_type="learnable")
+_P1_TINY = dict(_TINY, rope_scale=(2.0, 1.0, 1.0), extra_pos_embed_type="learnable")
 
 TRANSFORMER_PRESETS: dict[str, TransformerPreset] = {
     p.name: p
@@ -189,10 +259,37 @@ TRANSFORMER_PRESETS: dict[str, TransformerPreset] = {
             encoder_hidden_states_channels=64,
             description="CPU-sized Predict2.5-style DiT (96-dim text features projected to 64)",
         ),
+        TransformerPreset(
+            "predict1-7b-text2world", "text2world", in_channels=16, **_P1_7B,
+            description="Cosmos-Predict1-7B-Text2World (Cosmos-1.0-Diffusion-7B-Text2World)",
+        ),
+        TransformerPreset(
+            "predict1-7b-video2world", "video2world", in_channels=17, **_P1_7B,
+            description="Cosmos-Predict1-7B-Video2World (Cosmos-1.0-Diffusion-7B-Video2World)",
+        ),
+        TransformerPreset(
+            "predict1-14b-text2world", "text2world", in_channels=16, **_P1_14B,
+            description="Cosmos-Predict1-14B-Text2World (Cosmos-1.0-Diffusion-14B-Text2World)",
+        ),
+        TransformerPreset(
+            "predict1-14b-video2world", "video2world", in_channels=17, **_P1_14B,
+            description="Cosmos-Predict1-14B-Video2World (Cosmos-1.0-Diffusion-14B-Video2World)",
+        ),
+        TransformerPreset(
+            "tiny-predict1-text2world", "text2world", in_channels=16, **_P1_TINY,
+            description="CPU-sized Predict1 Text2World DiT (learnable pos. embedding, 2 blocks)",
+        ),
+        TransformerPreset(
+            "tiny-predict1-video2world", "video2world", in_channels=17, **_P1_TINY,
+            description="CPU-sized Predict1 Video2World DiT (learnable pos. embedding, 2 blocks)",
+        ),
     ]
 }  # fmt: skip
 
-VAE_PRESETS: dict[str, VAEPreset] = {
+# Short names: Predict1's seed experiments are Text2World, so the bare size means that task.
+PRESET_ALIASES = {"predict1-7b": "predict1-7b-text2world", "predict1-14b": "predict1-14b-text2world"}
+
+VAE_PRESETS: dict[str, VAEPreset | CosmosVAEPreset] = {
     p.name: p
     for p in [
         VAEPreset("wan2.1", description="Wan 2.1 VAE (AutoencoderKLWan defaults; 4x temporal, 8x spatial)"),
@@ -200,17 +297,27 @@ VAE_PRESETS: dict[str, VAEPreset] = {
             "tiny", base_dim=8, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
             description="CPU-sized Wan VAE with random weights; same z_dim and compression",
         ),
+        CosmosVAEPreset(
+            "cosmos1-cv8x8x8",
+            description="Cosmos 1.0 CV8x8x8 tokenizer (AutoencoderKLCosmos; 8x temporal, 8x spatial), "
+            "convert_cosmos_to_diffusers.py VAE_CONFIGS['CV8x8x8-1.0']",
+        ),
+        CosmosVAEPreset(
+            "tiny-cosmos1", encoder_block_out_channels=(8, 16, 16, 16), decode_block_out_channels=(16, 16, 16, 16),
+            attention_resolutions=(), resolution=64, num_layers=1,
+            description="CPU-sized Cosmos 1.0 VAE with random weights; same latent channels and compression",
+        ),
     ]
 }  # fmt: skip
 
 
 def _lookup(table: dict, name, kind: str):
-    if isinstance(name, (TransformerPreset, VAEPreset)):
+    if isinstance(name, (TransformerPreset, VAEPreset, CosmosVAEPreset)):
         return name
     try:
-        return table[name]
+        return table[PRESET_ALIASES.get(name, name)]
     except (KeyError, TypeError):
-        known = ", ".join(sorted(table))
+        known = ", ".join(sorted(table) + [f"{a} (= {t})" for a, t in PRESET_ALIASES.items() if t in table])
         raise KeyError(f"unknown {kind} preset {name!r}; known presets: {known}") from None
 
 
@@ -219,8 +326,8 @@ def get_preset(name: str | TransformerPreset) -> TransformerPreset:
     return _lookup(TRANSFORMER_PRESETS, name, "transformer")
 
 
-def get_vae_preset(name: str | VAEPreset) -> VAEPreset:
-    """The Wan VAE preset called ``name``; unknown names list the known ones."""
+def get_vae_preset(name: str | VAEPreset | CosmosVAEPreset) -> VAEPreset | CosmosVAEPreset:
+    """The VAE preset called ``name`` (Wan or Cosmos 1.0); unknown names list the known ones."""
     return _lookup(VAE_PRESETS, name, "VAE")
 
 
@@ -235,6 +342,8 @@ def vae_preset_names() -> list[str]:
 __all__ = [
     "TransformerPreset",
     "VAEPreset",
+    "CosmosVAEPreset",
+    "PRESET_ALIASES",
     "TRANSFORMER_PRESETS",
     "VAE_PRESETS",
     "WAN21_LATENTS_MEAN",
