@@ -56,7 +56,8 @@ WORKER = textwrap.dedent("""
         from cosmos_hal.train.compile import compile_blocks
         compile_blocks(model, backend="aot_eager")
     seen = []
-    model.transformer_blocks[1].attn1.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
+    # a hook on the block (called outside its compiled graph), after the sharding hook: its input
+    model.transformer_blocks[1].register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[1]))
     c_loss, c_grads = loss_and_grads(model)
     for g in c_grads.values():  # what DDP / FSDP do: average over all ranks
         dist.all_reduce(g, "mean")
@@ -93,7 +94,7 @@ def test_two_ranks_with_half_the_tokens_each_match_one_rank(tmp_path, mode, lora
     autograd around the all-to-alls, no code generation)."""
     for res in _run_two(tmp_path, mode, str(lora), compiled):
         assert res["processors"] == 3 and res["finite"] and res["names_equal"]
-        assert res["tokens_seen"] == 12  # half of the 24 tokens reach each rank's attention
+        assert res["tokens_seen"] == 12  # half of the 24 tokens reach each rank's blocks
         assert res["loss_rel"] < 1e-6, res
         assert res["grad_rel"] < 1e-5, res
 

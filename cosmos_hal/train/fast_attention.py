@@ -56,9 +56,9 @@ class FastCosmosAttnProcessor:
 
         cp = self.context_parallel if encoder_hidden_states is None else None
         if cp is not None:  # my tokens, all heads -> all tokens, my heads (train/context_parallel.py)
-            from cosmos_hal.train.context_parallel import heads_to_seq, seq_to_heads
+            from cosmos_hal.train.context_parallel import heads_to_seq, qkv_seq_to_heads
 
-            query, key, value = (seq_to_heads(t, cp) for t in (query, key, value))
+            query, key, value = qkv_seq_to_heads(query, key, value, cp)
         mask = sdpa_mask(attention_mask, batch=query.shape[0], kv_len=key.shape[1])
         out = self._attend(query, key, value, mask)
         if cp is not None:
