@@ -20,7 +20,11 @@ usage: bash train.sh [--EXP=<experiment>] [--nproc_per_node=N] [--nnodes=N] [--n
                     speed: the Predict2/2.5 experiments run the fast path the backend has
                     proven (fast=auto: fused attention, compiled blocks, ac_mode=auto sized to
                     free memory); fast=off is the plain path, fast=on forces it (docs/training.md);
-                    memory: context_parallel=2 splits each sample's tokens over 2 ranks
+                    memory: context_parallel=2 splits each sample's tokens over 2 ranks;
+                    memory=auto (default: offloads only when the estimate does not fit on the
+                    device, and stops before training when nothing does, naming what would fit)
+                    | device | offload_optimizer | offload_params; optim.name=adamw_bf16|adamw_8bit;
+                    memory_cap_gb=24 plans and runs as if the card had 24 GiB (docs/training.md)
 
 With no arguments it trains the tiny default on whatever hardware there is.
 Logs, metrics.jsonl and checkpoints go to output/<EXP>/ (or output_dir=); a run resumes from
@@ -158,7 +162,10 @@ trap 'stop INT' INT
 trap 'stop HUP' HUP
 
 # Validate the experiment and overrides before starting any process; pick the backend.
-PLAN="$("$PYTHON" -m cosmos_hal train --check --EXP="$EXP" ${BACKEND:+--backend="$BACKEND"} "${OVERRIDES[@]}")" \
+# It also estimates the memory each device needs, where the backend can tell its device's memory,
+# and stops (exit 2) with the overrides that would fit (cosmos_hal/train/memory_plan.py).
+PLAN="$("$PYTHON" -m cosmos_hal train --check --EXP="$EXP" ${BACKEND:+--backend="$BACKEND"} \
+    ${NPROC:+--nproc_per_node="$NPROC"} --nnodes="$NNODES" "${OVERRIDES[@]}")" \
     || { usage >&2; exit 2; }
 eval "$PLAN"   # OUT_DIR, BACKEND, DEVICES, DIST_TIMEOUT
 if [[ -z "$NPROC" ]]; then

@@ -92,6 +92,10 @@ class CudaBackend(Backend):
     def reset_peak_memory(self) -> None:
         torch.cuda.reset_peak_memory_stats()
 
+    def set_memory_fraction(self, fraction: float) -> None:
+        # torch.cuda.set_per_process_memory_fraction; the current device
+        torch.cuda.set_per_process_memory_fraction(float(fraction))
+
     def versions(self) -> dict[str, str]:
         v = {"torch": torch.__version__, "cuda": str(torch.version.cuda)}
         if torch.backends.cudnn.is_available():

@@ -104,6 +104,11 @@ class NpuBackend(Backend):
     def reset_peak_memory(self) -> None:
         torch.npu.reset_peak_memory_stats()
 
+    def set_memory_fraction(self, fraction: float) -> None:
+        # torch_npu/npu/memory.py (torch-npu 2.14.0): set_per_process_memory_fraction(fraction: float,
+        # device=None), the current device when None
+        torch.npu.set_per_process_memory_fraction(float(fraction))
+
     def versions(self) -> dict[str, str]:
         v = {"torch": torch.__version__}
         try:

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only validate the experiment, overrides (types and ranges) and model_path, "
                         "vae_path, dataset_path (exist, layout, usable samples), pick the backend, and print "
                         "OUT_DIR=, BACKEND= and DEVICES= shell assignments (train.sh evals them)")
+    p.add_argument("--nproc_per_node", type=int, default=None,
+                   help="with --check: processes per node the run will have (default: the device count), "
+                        "for the memory estimate")
+    p.add_argument("--nnodes", type=int, default=1, help="with --check: nodes the run will have")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="experiment overrides")
 
     from cosmos_hal.infer import cli as infer_cli  # light: argparse only until a command runs
@@ -67,14 +71,19 @@ def _train(args) -> int:
         import shlex
 
         from cosmos_hal.backend import select
+        from cosmos_hal.train.memory_plan import preflight
         from cosmos_hal.train.preflight import check_paths
 
         try:
             check_paths(exp)
+            chosen, _ = select(args.backend)
+            world_size = (args.nproc_per_node or max(1, chosen.device_count())) * max(1, args.nnodes)
+            memory_line = preflight(exp, chosen, world_size)
         except experiments.ExperimentError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        chosen, _ = select(args.backend)
+        if memory_line:
+            print(memory_line, file=sys.stderr)
         print(f"OUT_DIR={shlex.quote(exp.resolved_output_dir())}")
         print(f"BACKEND={chosen.name}")
         print(f"DEVICES={max(1, chosen.device_count())}")
@@ -88,6 +97,9 @@ def _train(args) -> int:
 
     try:
         train(exp)
+    except experiments.ExperimentError as exc:  # e.g. a plan that cannot fit (train/memory_plan.py)
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     except RuntimeError as exc:
         _exit_if_ranks_failed(exc)
         raise

@@ -150,6 +150,11 @@ class Backend(abc.ABC):
     def reset_peak_memory(self) -> None:
         """Reset the peak counters that :meth:`memory_stats` reports."""
 
+    def set_memory_fraction(self, fraction: float) -> None:
+        """Let this process's allocator take at most ``fraction`` of the device (an out-of-memory
+        error beyond it), so a big card behaves like a smaller one (``memory_cap_gb``, the memory
+        measurements of tools/measure_memory.py). A no-op where there is no device allocator."""
+
     def versions(self) -> dict[str, str]:
         import torch
 

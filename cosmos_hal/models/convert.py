@@ -1,5 +1,6 @@
-"""Key conversion between NVIDIA's Cosmos-Predict2 DiT (``MiniTrainDIT`` /
-``MinimalV1LVGDiT`` in cosmos-predict2 1.0.9) and diffusers' ``CosmosTransformer3DModel``.
+"""Key conversion between NVIDIA's Cosmos DiTs and diffusers' ``CosmosTransformer3DModel``:
+Predict2 (``MiniTrainDIT`` / ``MinimalV1LVGDiT`` in cosmos-predict2 1.0.9) and Predict1
+(``GeneralDIT`` in nvidia-cosmos/cosmos-predict1, ``cosmos_predict1/diffusion/networks/general_dit.py``).
 
 Why a table of whole-key templates instead of chained substring replacements: each key maps
 to exactly one key both ways, a key that matches no template is reported instead of being
@@ -17,6 +18,12 @@ Keys dropped on purpose (they hold no learnable weights diffusers has):
 - ``accum_video_sample_counter``, ``accum_image_sample_counter``, ``accum_iteration``,
   ``accum_train_in_hours``: upstream's training statistics (``WeightTrainingStat`` buffers).
 - ``logvar.*``: Cosmos-1's noise-uncertainty head, not part of the denoiser's output.
+
+Predict1 keys (``blocks.block{i}.blocks.{0,1,2}`` = self-attention, cross-attention, MLP of a
+``GeneralDITTransformerBlock``; ``attn.to_q`` = ``Sequential(Linear, RMSNorm)``; ``affline_norm``
+is upstream's spelling) follow diffusers' ``TRANSFORMER_KEYS_RENAME_DICT_COSMOS_1_0`` and
+``TRANSFORMER_SPECIAL_KEYS_REMAP_COSMOS_1_0`` (``blocks.block`` renaming; ``logvar.*`` and
+``pos_embedder.seq`` removed); tests/test_predict1_models.py checks the table against those rules.
 """
 
 from __future__ import annotations
@@ -75,12 +82,46 @@ def _pairs() -> list[tuple[str, str]]:
     return pairs
 
 
+_P1_BLOCK = "blocks.block{i}.blocks."
+
+
+def _pairs_predict1() -> list[tuple[str, str]]:
+    """(upstream GeneralDIT template, diffusers template) for Predict1 / Cosmos 1.0."""
+    pairs = [
+        ("x_embedder.proj.1.weight", "patch_embed.proj.weight"),
+        ("t_embedder.1.linear_1.weight", "time_embed.t_embedder.linear_1.weight"),
+        ("t_embedder.1.linear_2.weight", "time_embed.t_embedder.linear_2.weight"),
+        ("affline_norm.weight", "time_embed.norm.weight"),
+        ("final_layer.linear.weight", "proj_out.weight"),
+        ("final_layer.adaLN_modulation.1.weight", "norm_out.linear_1.weight"),
+        ("final_layer.adaLN_modulation.2.weight", "norm_out.linear_2.weight"),
+    ]
+    for axis in ("t", "h", "w"):
+        pairs.append((f"extra_pos_embedder.pos_emb_{axis}", f"learnable_pos_embed.pos_emb_{axis}"))
+    for j, hf_attn in ((0, "attn1"), (1, "attn2")):
+        attn = f"{_P1_BLOCK}{j}.block.attn."
+        for up, hf in (("to_q.0", "to_q"), ("to_k.0", "to_k"), ("to_v.0", "to_v"), ("to_out.0", "to_out.0"),
+                       ("to_q.1", "norm_q"), ("to_k.1", "norm_k")):
+            pairs.append((f"{attn}{up}.weight", f"{_HF_BLOCK}{hf_attn}.{hf}.weight"))
+    for j, hf_norm in ((0, "norm1"), (1, "norm2"), (2, "norm3")):
+        for k in (1, 2):
+            pairs.append((f"{_P1_BLOCK}{j}.adaLN_modulation.{k}.weight", f"{_HF_BLOCK}{hf_norm}.linear_{k}.weight"))
+    pairs.append((f"{_P1_BLOCK}2.block.layer1.weight", f"{_HF_BLOCK}ff.net.0.proj.weight"))
+    pairs.append((f"{_P1_BLOCK}2.block.layer2.weight", f"{_HF_BLOCK}ff.net.2.weight"))
+    return pairs
+
+
 def _compile(template: str) -> re.Pattern:
     return re.compile(re.escape(template).replace(re.escape("{i}"), r"(?P<i>\d+)") + r"\Z")
 
 
-_UP_TO_HF = [(_compile(up), hf) for up, hf in _pairs()]
-_HF_TO_UP = [(_compile(hf), up) for up, hf in _pairs()]
+# Upstream names of the two families never collide (``blocks.{i}.`` vs ``blocks.block{i}.``,
+# ``t_embedding_norm`` vs ``affline_norm``, ...), so one forward table serves both.
+_UP_TO_HF = [(_compile(up), hf) for up, hf in _pairs() + _pairs_predict1()]
+_HF_TO_UP = {
+    "predict2": [(_compile(hf), up) for up, hf in _pairs()],
+    "predict1": [(_compile(hf), up) for up, hf in _pairs_predict1()],
+}
 
 
 def is_dropped_upstream_key(key: str) -> bool:
@@ -106,11 +147,17 @@ def upstream_key_to_diffusers(key: str) -> str | None:
     return key if new is None else new
 
 
-def diffusers_key_to_upstream(key: str) -> str:
-    new = _rename(key, _HF_TO_UP)
+def diffusers_key_to_upstream(key: str, family: str = "predict2") -> str:
+    """The upstream name of a diffusers key: ``family`` "predict2" (MiniTrainDIT) or "predict1" (GeneralDIT)."""
+    new = _rename(key, _HF_TO_UP[family])
     if new is None:
-        raise KeyError(f"diffusers key {key!r} has no upstream (MiniTrainDIT) name")
+        raise KeyError(f"diffusers key {key!r} has no upstream ({family}) name")
     return new
+
+
+def upstream_family(keys: Iterable[str]) -> str:
+    """"predict1" for GeneralDIT naming (``blocks.block0...``, ``affline_norm``), else "predict2"."""
+    return "predict1" if any(k.startswith(("blocks.block", "affline_norm")) for k in keys) else "predict2"
 
 
 def looks_like_upstream(keys: Iterable[str]) -> bool:
@@ -134,6 +181,6 @@ def upstream_to_diffusers(state_dict: dict) -> tuple[dict, list[str]]:
     return out, dropped
 
 
-def diffusers_to_upstream(state_dict: dict, prefix: str = "") -> dict:
+def diffusers_to_upstream(state_dict: dict, prefix: str = "", family: str = "predict2") -> dict:
     """diffusers naming -> upstream naming (with an optional ``net.`` / ``net_ema.`` prefix)."""
-    return {prefix + diffusers_key_to_upstream(k): v for k, v in state_dict.items()}
+    return {prefix + diffusers_key_to_upstream(k, family): v for k, v in state_dict.items()}

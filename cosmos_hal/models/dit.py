@@ -53,6 +53,8 @@ def _preset_from_weights(weights) -> TransformerPreset:
         )
     cfg = read_diffusers_config(weights)
     task = "video2world" if cfg.get("in_channels", 16) == cfg.get("out_channels", 16) + 1 else "text2image"
+    if task == "text2image" and cfg.get("extra_pos_embed_type") == "learnable":
+        task = "text2world"  # Predict1 (Cosmos 1.0) Text2World
     fields = TransformerPreset.__dataclass_fields__
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in fields}
     return TransformerPreset(name=f"from:{os.fspath(weights)}", task=task, **kwargs)

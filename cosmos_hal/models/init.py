@@ -37,6 +37,26 @@ def on_meta_device():
         yield
 
 
+@contextlib.contextmanager
+def parameters_on_meta_device():
+    """Construct modules with meta *parameters* but real buffers (as accelerate's
+    ``init_empty_weights(include_buffers=False)``): for models whose buffers are constants computed
+    in ``__init__`` (the Cosmos 1.0 VAE's wavelet filters), which materialize_ then keeps."""
+    original = nn.Module.register_parameter
+
+    def register_parameter(module, name, param):
+        original(module, name, param)
+        if param is not None:
+            kwargs = {"requires_grad": param.requires_grad}
+            module._parameters[name] = type(param)(param.to("meta"), **kwargs)
+
+    nn.Module.register_parameter = register_parameter
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = original
+
+
 def _fan_in(shape: torch.Size) -> int:
     return max(1, math.prod(shape[1:]))
 
@@ -61,17 +81,20 @@ def materialize_(
     """Allocate a meta-device ``module`` on ``device`` and fill every parameter (see module doc)."""
     if method not in ("auto", "rng", "torch"):
         raise ValueError(f"init method must be 'auto', 'rng' or 'torch', got {method!r}")
-    buffers = [n for n, _ in module.named_buffers()]
+    buffers = [n for n, b in module.named_buffers() if b.is_meta]
     if buffers:
         raise NotImplementedError(
             f"materialize_: {type(module).__name__} has buffers {buffers[:5]} that a meta-device "
-            "build cannot restore; build it on a real device instead"
+            "build cannot restore; build it under parameters_on_meta_device() instead"
         )
+    kept = {n: b.detach().clone() for n, b in module.named_buffers()}  # real constants
     n_params = sum(p.numel() for p in module.parameters())
     if method == "auto":
         method = "rng" if n_params <= RNG_INIT_MAX_PARAMS else "torch"
     device = torch.device(device) if device is not None else torch.device("cpu")
     module.to_empty(device=device)
+    for name, value in kept.items():
+        module.get_buffer(name).copy_(value)
     gen = torch.Generator(device="cpu").manual_seed(seed) if method == "torch" else None
     for name, p in module.named_parameters():
         rule = _param_rule(name, p.shape)

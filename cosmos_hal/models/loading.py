@@ -13,6 +13,13 @@ Formats:
   checkpoints ``checkpoints/model/iter_000001000.pt`` whose keys carry ``net.`` (trained
   weights) and ``net_ema.`` (EMA) prefixes; pick with ``ema=``. Keys are converted by
   ``cosmos_hal.models.convert``.
+- NVIDIA cosmos-predict1: released ``model.pt`` (``Cosmos-Predict1-7B-Text2World``: ``net.*`` plus
+  ``logvar.*``, loaded upstream by ``load_network_model`` in
+  ``cosmos_predict1/diffusion/inference/inference_utils.py``), FSDP ``iter_*_reg_model.pt`` /
+  ``iter_*_ema_model.pt`` (same layout), and DDP ``iter_*.pt`` whose ``model`` entry is
+  ``DiffusionModel.state_dict()`` = ``{"model": {net.*}, "ema": {net-blocks-...}}`` (EMAModelTracker
+  buffers: parameter names with "." -> "-", ``cosmos_predict1/utils/ema.py`` ``get_buffer_name``);
+  the EMA half is read as ``net_ema.*``.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ NET_PREFIX, EMA_PREFIX = "net.", "net_ema."
 class CheckpointMismatchError(ValueError):
     """The checkpoint does not fit the model; lists every missing/unexpected/mis-shaped key."""
 
-    def __init__(self, source, missing, unexpected, mismatched, limit: int = 40):
+    def __init__(self, source, missing, unexpected, mismatched, limit: int = 40, hint: str | None = None):
         self.source, self.missing, self.unexpected, self.mismatched = source, missing, unexpected, mismatched
         lines = [f"checkpoint {source} does not fit the model:"]
 
@@ -56,7 +63,8 @@ class CheckpointMismatchError(ValueError):
             "shape mismatches (key: checkpoint vs model)",
             [f"{k}: {tuple(a)} vs {tuple(b)}" for k, a, b in mismatched],
         )
-        lines.append("  check the preset (e.g. predict2-2b vs predict2-2b-t2i vs predict2-14b) matches the checkpoint")
+        lines.append(hint or "  check the preset (e.g. predict2-2b vs predict2-2b-t2i vs predict2-14b, "
+                     "predict1-7b-text2world vs predict1-7b-video2world) matches the checkpoint")
         super().__init__("\n".join(lines))
 
 
@@ -121,6 +129,20 @@ def read_diffusers_dir(path) -> dict:
     return state
 
 
+def _training_checkpoint_weights(path: Path) -> Path:
+    """A cosmos_hal training checkpoint folder (``iter_NNNNNNNNN/``) stands for its ``model.pt``;
+    a sharded one (torch.distributed.checkpoint's ``.metadata``) is refused with the command
+    that converts it."""
+    if not path.is_dir() or (path / "config.json").is_file() or (path / "transformer").is_dir():
+        return path
+    if (path / ".metadata").is_file():
+        raise ValueError(f"{path} is a sharded checkpoint (checkpoint.format=sharded): convert it with "
+                         f"`python tools/convert_checkpoint.py --to full {path} {path}_full` and give {path}_full")
+    if (path / "model.pt").is_file() and (path / "trainer.pt").is_file():
+        return path / "model.pt"
+    return path
+
+
 def _torch_load(file: Path):
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
@@ -131,10 +153,28 @@ def _torch_load(file: Path):
         return torch.load(file, map_location="cpu", weights_only=False)
 
 
+def _fold_ema_tracker(obj):
+    """cosmos-predict1's ``{"model": {net.*}, "ema": {net-blocks-...}}`` as one ``net.``/``net_ema.`` dict."""
+    model, ema = obj.get("model"), obj.get("ema")
+    if not (isinstance(model, dict) and isinstance(ema, dict) and ema):
+        return obj
+    if not all(isinstance(k, str) and "." not in k for k in ema):  # not EMAModelTracker buffer names
+        return obj
+    out = dict(model)
+    for key, value in ema.items():
+        name = key.replace("-", ".")
+        if name.startswith(NET_PREFIX):
+            out[EMA_PREFIX + name[len(NET_PREFIX) :]] = value
+    return out
+
+
 def _unwrap(obj, source) -> dict:
     """The tensor dict inside a checkpoint (``{"model": ...}``, ``{"state_dict": ...}``, ...)."""
     for _ in range(3):
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            obj = _fold_ema_tracker(obj)
+            if any(isinstance(v, torch.Tensor) for v in obj.values()):
+                break
             for key in ("model", "state_dict", "module", "net"):
                 if isinstance(obj.get(key), dict):
                     obj = obj[key]
@@ -174,8 +214,8 @@ def read_transformer_state_dict(weights, *, ema: bool = False) -> dict:
     return _read(weights, ema)[0]
 
 
-def _read(weights, ema: bool) -> tuple[dict, bool]:
-    """(state dict in diffusers naming, whether it was converted from upstream naming)."""
+def _read(weights, ema: bool) -> tuple[dict, str | None]:
+    """(state dict in diffusers naming, the upstream family it was converted from or None)."""
     if isinstance(weights, dict):
         state, source = weights, "state dict"
     else:
@@ -185,6 +225,7 @@ def _read(weights, ema: bool) -> tuple[dict, bool]:
             raise FileNotFoundError(
                 f"weights not found: {path} (give a diffusers folder, a .safetensors file or an NVIDIA .pt checkpoint)"
             )
+        path = _training_checkpoint_weights(path)
         if path.is_dir():
             state = read_diffusers_dir(path)
         elif path.suffix == ".safetensors":
@@ -194,7 +235,7 @@ def _read(weights, ema: bool) -> tuple[dict, bool]:
         else:
             raise ValueError(f"{path}: unknown weights format (want a folder, .safetensors or {NVIDIA_SUFFIXES})")
     state = select_net(state, ema=ema, source=source)
-    upstream = convert.looks_like_upstream(state)
+    upstream = convert.upstream_family(state) if convert.looks_like_upstream(state) else None
     if upstream:
         state, dropped = convert.upstream_to_diffusers(state)
         if dropped:
@@ -202,17 +243,25 @@ def _read(weights, ema: bool) -> tuple[dict, bool]:
     return state, upstream
 
 
-def _with_upstream_name(key: str) -> str:
+def _with_upstream_name(key: str, family: str) -> str:
     try:
-        return f"{key} (upstream: {convert.diffusers_key_to_upstream(key)})"
+        return f"{key} (upstream: {convert.diffusers_key_to_upstream(key, family)})"
     except KeyError:
         return key
 
 
-def check_fit(expected: dict, state: dict, source="checkpoint", upstream: bool = False) -> None:
+UNKNOWN_LAYOUT_HINT = (
+    "  none of its keys is a key of the model: unknown layout. Expected diffusers naming "
+    "(transformer_blocks.0.attn1.to_q.weight), cosmos-predict2 (net.blocks.0.self_attn.q_proj.weight) or "
+    "cosmos-predict1 (net.blocks.block0.blocks.0.block.attn.to_q.0.weight); convert other checkpoints first"
+)
+
+
+def check_fit(expected: dict, state: dict, source="checkpoint", upstream: str | bool | None = None) -> None:
     """Raise CheckpointMismatchError unless ``state`` has exactly the keys and shapes of ``expected``.
 
-    ``upstream``: the checkpoint was in NVIDIA naming; missing keys also show that name."""
+    ``upstream``: the NVIDIA family ("predict1"/"predict2"; True = "predict2") the checkpoint was
+    named in; missing keys also show that name."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = [
@@ -220,10 +269,12 @@ def check_fit(expected: dict, state: dict, source="checkpoint", upstream: bool =
         for k in sorted(set(expected) & set(state))
         if tuple(state[k].shape) != tuple(expected[k])
     ]
+    hint = UNKNOWN_LAYOUT_HINT if expected and state and not set(expected) & set(state) else None
     if upstream:
-        missing = [_with_upstream_name(k) for k in missing]
+        family = upstream if isinstance(upstream, str) else "predict2"
+        missing = [_with_upstream_name(k, family) for k in missing]
     if missing or unexpected or mismatched:
-        raise CheckpointMismatchError(source, missing, unexpected, mismatched)
+        raise CheckpointMismatchError(source, missing, unexpected, mismatched, hint=hint)
 
 
 def load_transformer_weights(model, weights, *, ema: bool = False, dtype=None, device=None) -> None:

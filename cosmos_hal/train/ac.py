@@ -430,12 +430,13 @@ class DeviceBudget:
                 f"margin {self.margin / gib:.1f} GiB ({self.headroom:.0%})")
 
 
-def device_budget(headroom: float = 0.10) -> DeviceBudget:
-    """This process's :class:`DeviceBudget` now, from the backend's ``memory_stats``. A backend
-    that reports no ``free_gb`` is taken at its total; one with no counters gives all zeros."""
-    stats = _stats()
+def device_budget(headroom: float = 0.10, stats: dict | None = None) -> DeviceBudget:
+    """This process's :class:`DeviceBudget` now, from the backend's ``memory_stats`` (or the
+    ``stats`` of a backend that is not the current one: ``train --check``). A backend that
+    reports no ``free_gb`` is taken at its total; one with no counters gives all zeros."""
     gib = 2**30
-    total = device_total_bytes()
+    total = device_total_bytes() if stats is None else int(float(stats.get("total_gb", 0.0)) * gib)
+    stats = _stats() if stats is None else stats
     held = int(float(stats.get("reserved_gb", 0.0)) * gib)
     free = int(float(stats["free_gb"]) * gib) if "free_gb" in stats else max(0, total - held)
     usable = min(total, free + held) if total else 0

@@ -31,8 +31,11 @@ def power_ema_gamma(rate: float = 0.10) -> float:
 class OptimConfig:
     """AdamW (upstream: fused AdamW, betas (0.9, 0.99), eps 1e-8, grad clip 1.0).
     zero_nonfinite_grads: set NaN/inf gradient elements to 0 before clipping, as upstream's
-    GradClip callback (force_finite=True, callbacks/grad_clip.py); the log counts them."""
+    GradClip callback (force_finite=True, callbacks/grad_clip.py); the log counts them.
+    name: adamw (the backend's fused AdamW, fp32 moments) | adamw_bf16 (moments stored in bf16) |
+    adamw_8bit (blockwise 8-bit moments as bitsandbytes); train/optim.py, docs/training.md "Memory"."""
 
+    name: str = "adamw"
     lr: float = 2**-14.5
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.99)
@@ -157,6 +160,16 @@ class Experiment:
     compile: bool | None = None
     parity: bool = False  # deterministic algorithms + fixed data order
     resume: bool = True
+    # where the training state lives (train/memory_plan.py, docs/training.md "Memory"): auto (on the
+    # device if the estimate fits, else the first offload that does; else stop with what would fit) |
+    # device | offload_optimizer (AdamW moments in host memory, stepped there) | offload_params
+    # (FSDP2 CPUOffloadPolicy: weights, grads and moments in host memory, one block on the device)
+    memory: str = "auto"
+    # plan and run as if the device had only this many GiB (0: the whole device); also caps the
+    # allocator (Backend.set_memory_fraction), so a big card behaves like a smaller one
+    memory_cap_gb: float = 0.0
+    # stop before training when the memory estimate does not fit (false: start anyway)
+    memory_check: bool = True
     # seconds a collective may wait for the other ranks before this rank stops with an error
     # naming the ones that went silent (gloo, NCCL and HCCL alike; docs/training.md "Stopping a run")
     dist_timeout: float = 1800.0
@@ -213,6 +226,7 @@ _CHOICES = {
     "parallelism": ("fsdp", "ddp"),
     "ac_mode": (None, "full", "selective", "selective_mm", "auto"),
     "fast": ("auto", "on", "off"),
+    "memory": ("auto", "device", "offload_optimizer", "offload_params"),
 }
 
 
@@ -268,6 +282,11 @@ def validate(exp: Experiment) -> None:
     if exp.data.layout not in ("auto", "nemo", "gr1", "image"):
         raise ExperimentError(f"data.layout={exp.data.layout!r}: choose auto (by what the folder holds), nemo, gr1 "
                               "or image")
+    if exp.optim.name not in ("adamw", "adamw_bf16", "adamw_8bit"):
+        raise ExperimentError(f"optim.name={exp.optim.name!r}: choose adamw (fp32 moments), adamw_bf16 or adamw_8bit")
+    if not (exp.memory_cap_gb >= 0 and math.isfinite(exp.memory_cap_gb)):
+        raise ExperimentError(f"memory_cap_gb={exp.memory_cap_gb}: give GiB (e.g. memory_cap_gb=24) or 0 for the "
+                              "whole device")
     if exp.data.resize_mode not in ("stretch", "crop"):
         raise ExperimentError(f"data.resize_mode={exp.data.resize_mode!r}: choose stretch (upstream) or crop")
     if exp.loss.recipe not in ("predict2", "predict2.5"):

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cosmos_hal.train.memory_plan import uses_fsdp
+
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     blocks = getattr(model, "transformer_blocks", None)
@@ -30,15 +32,18 @@ def apply_ac(model: nn.Module, mode="full") -> nn.Module:
     return model
 
 
-def shared_budget(headroom: float = 0.10):
+def shared_budget(headroom: float = 0.10, cap_gb: float = 0.0):
     """This rank's :class:`ac.DeviceBudget` with ``usable`` lowered to the smallest of all ranks,
-    so every rank plans (and refines) the same per-block modes."""
+    so every rank plans (and refines) the same per-block modes; at most ``cap_gb`` GiB where set
+    (the experiment's memory_cap_gb)."""
     import dataclasses
 
     from cosmos_hal import dist
     from cosmos_hal.train import ac
+    from cosmos_hal.train.memory_plan import capped
 
     budget = ac.device_budget(headroom)
+    budget = dataclasses.replace(budget, usable=capped(budget.usable, cap_gb))
     usable_gib = dist.all_reduce_scalar(budget.usable / 2**30, "min") if dist.world().world_size > 1 else None
     if usable_gib is not None:
         budget = dataclasses.replace(budget, usable=min(budget.usable, int(usable_gib * 2**30)))
@@ -61,8 +66,8 @@ def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device, *,
     shape = Shape(frames, exp.data.height, exp.data.width, text_tokens=preset.text_max_length)
     inp = make_inputs(preset, shape, device, seed=exp.seed)
     amp = torch.bfloat16 if exp.precision == "bf16" else None
-    budget = shared_budget()
-    fsdp = exp.parallelism == "fsdp" and world_size > 1
+    budget = shared_budget(cap_gb=exp.memory_cap_gb)
+    fsdp = uses_fsdp(exp, world_size)
     modes, memory, act_budget = ac.auto_plan(
         model, lambda: forward_loss(model, inp, amp_dtype=amp, device_type=device.type), total_bytes=budget.usable,
         headroom=budget.headroom, autocast_dtype=amp, device_type=device.type,
@@ -99,19 +104,24 @@ def apply_compile(model: nn.Module) -> nn.Module:
 
 
 def apply_fsdp(model: nn.Module, *, reshard_after_forward: bool = True,
-               param_dtype: torch.dtype | None = None) -> nn.Module:
+               param_dtype: torch.dtype | None = None, offload: bool = False) -> nn.Module:
     """FSDP2: shard each block, then the root. The sharded parameters (the master weights, and
     the optimizer's view) stay fp32. With ``param_dtype=torch.bfloat16`` (under bf16 training)
     blocks are gathered and computed in bf16 and gradients reduced in fp32, as torchtitan's
     ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``: half the all-gather bytes, and
-    no autocast copy of each weight held through the forward."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    no autocast copy of each weight held through the forward. ``offload`` (memory=offload_params):
+    FSDP2's ``CPUOffloadPolicy``: sharded weights, grads and the optimizer step live in host
+    memory (pinned where the backend is an accelerator); each block is copied in to be gathered."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    from cosmos_hal.backend import current
 
     mp = (MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
           if param_dtype is not None else MixedPrecisionPolicy())
+    kw = {"offload_policy": CPUOffloadPolicy(pin_memory=current().is_accelerator()) if offload else OffloadPolicy()}
     for block in transformer_blocks(model):
-        fully_shard(block, reshard_after_forward=reshard_after_forward, mp_policy=mp)
-    fully_shard(model, reshard_after_forward=reshard_after_forward, mp_policy=mp)
+        fully_shard(block, reshard_after_forward=reshard_after_forward, mp_policy=mp, **kw)
+    fully_shard(model, reshard_after_forward=reshard_after_forward, mp_policy=mp, **kw)
     return model
 
 
@@ -138,8 +148,9 @@ def parallelize(model: nn.Module, exp, world, *, ac_modes=None, cp=None) -> tupl
         apply_ac(model, ac_modes if ac_modes is not None else exp.ac_mode)
     if exp.compile:
         apply_compile(model)
-    if world.world_size > 1 and exp.parallelism == "fsdp":
-        apply_fsdp(model, param_dtype=torch.bfloat16 if exp.precision == "bf16" else None)
+    if uses_fsdp(exp, world.world_size):
+        apply_fsdp(model, param_dtype=torch.bfloat16 if exp.precision == "bf16" else None,
+                   offload=exp.memory == "offload_params")
         return model, model
     if world.world_size > 1:
         return apply_ddp(model, world.device), model

@@ -26,10 +26,12 @@ from cosmos_hal.train import ac
 from cosmos_hal.train import checkpoint as ckpt
 from cosmos_hal.train import grad_clip
 from cosmos_hal.train import loss as losses
+from cosmos_hal.train import memory_plan
 from cosmos_hal.train.context_parallel import data_parallel, make_groups
 from cosmos_hal.train.ema import PowerEMA
 from cosmos_hal.train.experiments import Experiment, describe, resolve_context_parallel, resolve_fast_path
 from cosmos_hal.train.metrics import MetricsLogger
+from cosmos_hal.train.optim import build_optimizer
 from cosmos_hal.train.parallelize import apply_fast_attention, parallelize, plan_auto_ac, set_grad_sync
 from cosmos_hal.train.schedule import build_scheduler
 
@@ -252,6 +254,8 @@ def train(exp: Experiment) -> dict:
     logger.info(fast_line)
     logger.info(f"backend {backend.name} ({world.dist_backend}), world size {world.world_size}, device {world.device}")
     logger.info(batch_line)
+    exp, memory_line = memory_plan.resolve(exp, backend, world)  # stops here if the plan cannot fit
+    logger.info(memory_line)
     if cp.size > 1:
         logger.info(f"context parallel: {cp.size} ranks split each sample's tokens; data-parallel size {dp_size}")
     if not exp.model_path:
@@ -274,19 +278,20 @@ def train(exp: Experiment) -> dict:
                                                             world_size=world.world_size)
         logger.info(line)
     net, owner = parallelize(model, exp, world, ac_modes=ac_modes, cp=cp)
-    if world.world_size > 1 and exp.parallelism == "fsdp":
-        logger.info("FSDP2: master weights float32 (sharded), blocks gathered and computed in "
+    if memory_plan.uses_fsdp(exp, world.world_size):
+        logger.info("FSDP2: master weights float32 (sharded" + (", in host memory: memory=offload_params"
+                    if exp.memory == "offload_params" else "") + "), blocks gathered and computed in "
                     f"{'bfloat16' if exp.precision == 'bf16' else 'float32'}, gradients reduced in float32")
     # after sharding, so each rank's shadows are its own shards (FSDP2) of the live weights
     ema = PowerEMA(owner, exp.ema.gamma, exp.ema.iteration_shift) if exp.ema.enabled else None
 
-    from cosmos_hal import ops
-
     params = [p for p in owner.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
     logger.info(f"trainable parameters: {n_train:,} ({'adapters: ' + exp.lora.kind if exp.lora.kind != 'none' else 'full'})")
-    optimizer = ops.fused_adamw(params, lr=exp.optim.lr, betas=exp.optim.betas, eps=exp.optim.eps,
-                                weight_decay=exp.optim.weight_decay)
+    optimizer = build_optimizer(params, exp.optim, offload=exp.memory == "offload_optimizer")
+    if exp.optim.name != "adamw" or exp.memory == "offload_optimizer":
+        logger.info(f"optimizer: {exp.optim.name}, moments {optimizer.state_dtype} "
+                    + ("in host memory (memory=offload_optimizer)" if exp.memory == "offload_optimizer" else "on the device"))
     scheduler = build_scheduler(optimizer, exp.schedule, exp.cycle_length(), processes=dp_size)
 
     iteration = 0
