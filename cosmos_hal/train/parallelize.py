@@ -62,7 +62,7 @@ def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device, *,
     from cosmos_hal.train.probe_inputs import forward_loss, make_inputs
     from cosmos_hal.train import ac
 
-    frames = exp.data.num_frames if exp.task == "video2world" else 1
+    frames = exp.data.num_frames if exp.task != "text2image" else 1
     shape = Shape(frames, exp.data.height, exp.data.width, text_tokens=preset.text_max_length)
     inp = make_inputs(preset, shape, device, seed=exp.seed)
     amp = torch.bfloat16 if exp.precision == "bf16" else None
@@ -121,6 +121,9 @@ def apply_fsdp(model: nn.Module, *, reshard_after_forward: bool = True,
     kw = {"offload_policy": CPUOffloadPolicy(pin_memory=current().is_accelerator()) if offload else OffloadPolicy()}
     for block in transformer_blocks(model):
         fully_shard(block, reshard_after_forward=reshard_after_forward, mp_policy=mp, **kw)
+    head = getattr(model, "logvar", None)  # Predict1's uncertainty head: the loss calls it outside the DiT's forward
+    if head is not None:
+        fully_shard(head, reshard_after_forward=reshard_after_forward, mp_policy=mp, **kw)
     fully_shard(model, reshard_after_forward=reshard_after_forward, mp_policy=mp, **kw)
     return model
 
