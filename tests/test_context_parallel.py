@@ -122,3 +122,52 @@ def test_bad_sizes_are_clear_errors():
     three_tokens = make_inputs(preset, Shape(9, 16, 16, text_tokens=8), "cpu")  # 3 x 1 x 1 after patching
     with pytest.raises(ValueError, match="context_parallel=2: 3 video tokens do not split evenly"):
         forward_loss(model, three_tokens, amp_dtype=None, device_type="cpu")
+
+
+@pytest.fixture
+def fake_two_rank_group():
+    """torch's fake process group (collectives return garbage, shapes are right): rank 0 of 2."""
+    import torch.distributed as tdist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if tdist.is_initialized():
+        pytest.skip("a process group is already initialised in this process")
+    tdist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    torch._dynamo.reset()
+    try:
+        yield cpmod.make_groups(2, 0, 2)
+    finally:
+        torch._dynamo.reset()
+        tdist.destroy_process_group()
+
+
+@pytest.mark.parametrize("mode", ["selective", "none"])
+def test_compiled_cp_blocks_have_no_graph_break_and_share_one_graph(fake_two_rank_group, mode):
+    """The all-to-alls are traced into the block's graph (a graph break inside a checkpointed
+    block would run the whole block eagerly), and block 0 compiles to the same graph as the
+    others: dynamo compiles two frames in all (the sharding pre-hook and the block forward)."""
+    from torch._dynamo.utils import counters
+
+    from cosmos_hal.train import ac
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm.print_readable(print_output=False))
+        return gm.forward
+
+    preset = get_preset("tiny").replace(num_layers=3)
+    model = build_model(preset, torch.device("cpu"), lora_rank=0, seed=1)
+    install_fast_processor(model, device="cpu", dtype=torch.float32)
+    cpmod.apply_context_parallel(model, fake_two_rank_group)
+    ac.apply_block_ac(model, mode)
+    for block in model.transformer_blocks:
+        block.compile(backend=backend)
+    counters.clear()
+    inp = make_inputs(preset, Shape(9, 32, 64, text_tokens=16), "cpu", seed=3)
+    forward_loss(model, inp, amp_dtype=None, device_type="cpu").backward()
+    assert dict(counters["graph_break"]) == {}
+    assert len(graphs) == 2, [g[:300] for g in graphs]
+    calls = [line for g in graphs for line in g.splitlines()
+             if "= torch.ops._c10d_functional.all_to_all_single(" in line and not line.lstrip().startswith("#")]
+    assert len(calls) == 2, calls  # q/k/v stacked in one, the output in the other
