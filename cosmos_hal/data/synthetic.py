@@ -19,7 +19,8 @@ from cosmos_hal.data.t5_pickle import write_t5_pickle
 from cosmos_hal.data.video_io import write_image, write_video
 from cosmos_hal.fileio import write_text_atomic
 
-LAYOUTS = ("nemo", "gr1", "image")
+LAYOUTS = ("nemo", "gr1", "image", "image_folder")
+TINY_T5 = "tiny_t5"  # the image_folder layout's text encoder folder (random weights, CPU-sized)
 GR1_PROMPT_PREFIX = "The robot arm is performing a task. "
 
 _COLOURS = {
@@ -115,6 +116,9 @@ def make_synthetic_dataset(
     nemo:  videos/*.mp4, metas/*.txt, t5_xxl/*.pickle (NVIDIA's cosmos_nemo_assets layout)
     gr1:   videos/*.mp4, metas/*.txt, metadata.csv, t5_xxl/*.pickle (GR1 layout)
     image: images/*.jpg, metas/*.txt, t5_xxl/*.pickle (frame 0 of each clip)
+    image_folder: <name>.png + <name>.txt side by side (SimpleTuner's flat folder), frames of three
+        shapes (height x width, twice as wide, twice as tall), and tiny_t5/: a random one-layer T5
+        encoder of width text_embed_dim with a word-level tokenizer (no embeddings: training caches them)
     Embeddings have shape (num_tokens, text_embed_dim), stored as float16 like NVIDIA's, in
     ``features_folder`` (``reason1`` for Predict2.5 DiTs, see cosmos_hal.data.text_features).
     """
@@ -128,6 +132,14 @@ def make_synthetic_dataset(
     root.mkdir(parents=True, exist_ok=True)
     from tqdm import tqdm
 
+    if layout == "image_folder":
+        sizes = [(height, width), (height, 2 * width), (2 * height, width)]
+        for i in range(num_videos):
+            frames, caption = render_clip(seed, i, 1, *sizes[i % 3])
+            write_image(root / f"synthetic_{i:04d}.png", frames[0])
+            write_text_atomic(root / f"synthetic_{i:04d}.txt", caption + "\n")
+        write_tiny_text_encoder(root / TINY_T5, d_model=text_embed_dim, seed=seed)
+        return root
     rows = []
     for i in tqdm(range(num_videos), desc=f"synthetic {layout}", unit="clip", disable=not progress):
         name = f"synthetic_{i:04d}"
@@ -149,3 +161,32 @@ def make_synthetic_dataset(
             writer.writerows(rows)
         os.replace(tmp, root / "metadata.csv")
     return root
+
+
+_WORDS = ("a background with moving up down and to the left right bouncing off edges , ." .split()
+          + list(_COLOURS) + list(_BACKGROUNDS) + list(_SHAPES))
+
+
+def write_tiny_text_encoder(folder, *, d_model: int, seed: int = 0) -> Path:
+    """A one-layer T5 encoder (random weights from ``seed``) and a word-level tokenizer of the
+    synthetic captions' words, saved with save_pretrained: what the tiny image-folder experiment
+    embeds its captions with, so it runs with no download. torch's global RNG is left as it was."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for w in _WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=d_model, d_kv=16, d_ff=2 * d_model,
+                                        num_layers=1, num_heads=2))
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -122,6 +123,17 @@ class DataConfig:
     # stretch: resize to exactly height x width, as upstream (data/dataset_utils.py Resize_Preprocess)
     # and diffusers' recipe (VideoProcessor.preprocess_video) do; crop: keep the aspect, centre-crop
     resize_mode: str = "stretch"
+    # image_folder layout (SimpleTuner's flat folder; data/image_folder.py, docs/data.md "Image folders"):
+    # captions from textfile (<name>.txt) | filename (underscores -> spaces) | instanceprompt (instance_prompt)
+    caption_strategy: str = "textfile"
+    instance_prompt: str = ""
+    # T5 encoder for the caption cache: a T5 folder or a pipeline folder; empty: model_path's text_encoder/
+    text_encoder_path: str = ""
+    text_cache_dir: str = ""  # empty: <dataset_path>/t5_cache (image folders), else <output_dir>/t5_cache
+    # aspect-ratio buckets at about height x width pixels (SimpleTuner's resolution_type=pixel_area);
+    # false: every image resized to height x width by resize_mode
+    buckets: bool = True
+
 
 
 @dataclass
@@ -173,6 +185,21 @@ class Experiment:
     # seconds a collective may wait for the other ranks before this rank stops with an error
     # naming the ones that went silent (gloo, NCCL and HCCL alike; docs/training.md "Stopping a run")
     dist_timeout: float = 1800.0
+    # Text2Image validation during training (train/validation.py): every validation_every iterations
+    # (0: off) the prompts are rendered at data.height x data.width with the EMA (or adapter) weights into
+    # <output_dir>/validation/step_N/. validation_prompts: one prompt, several separated by "|", or a
+    # .json prompt library {"nickname": "prompt"} (SimpleTuner's validation_prompt_library format)
+    validation_every: int = 0
+    validation_prompts: str = ""
+    validation_negative_prompt: str = ""
+    validation_steps: int = 20  # sampler steps (SimpleTuner's validation_num_inference_steps)
+    validation_guidance: float = 7.0  # classifier-free guidance (the Cosmos2 pipelines' default; seed 002 uses 4)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -273,15 +300,44 @@ def _check_ranges(exp: Experiment) -> None:
 
 
 
+def _validate_image_training(exp: Experiment) -> None:
+    """The image-folder and validation settings (docs/data.md "Image folders", docs/training.md "Validation")."""
+    d = exp.data
+    if d.caption_strategy not in ("textfile", "filename", "instanceprompt"):
+        raise ExperimentError(f"data.caption_strategy={d.caption_strategy!r}: choose textfile (<name>.txt beside each "
+                              "image), filename (the file name, underscores as spaces) or instanceprompt")
+    if d.caption_strategy == "instanceprompt" and not d.instance_prompt.strip():
+        raise ExperimentError('data.caption_strategy=instanceprompt needs data.instance_prompt="<the prompt for '
+                              'every image>"')
+    if d.layout == "image_folder" and exp.task != "text2image":
+        raise ExperimentError(f"data.layout=image_folder trains Text2Image; task={exp.task} needs videos (nemo, gr1)")
+    if exp.validation_every < 0:
+        raise ExperimentError(f"validation_every={exp.validation_every}: give iterations between validations "
+                              "(e.g. validation_every=500) or 0 (off)")
+    if exp.validation_steps < 1:
+        raise ExperimentError(f"validation_steps={exp.validation_steps}: need at least 1 sampler step (e.g. 20)")
+    if exp.validation_every > 0 and exp.task != "text2image":
+        raise ExperimentError(f"validation_every={exp.validation_every}: validation renders Text2Image only; "
+                              f"task={exp.task} needs validation_every=0")
+    if exp.validation_every > 0 and not exp.validation_prompts.strip():
+        raise ExperimentError(f'validation_every={exp.validation_every} needs validation_prompts="a prompt" '
+                              '(several separated by "|", or a .json prompt library)')
+    library = exp.validation_prompts.strip()
+    if exp.validation_every > 0 and library.endswith(".json") and not os.path.isfile(library):
+        raise ExperimentError(f"validation_prompts={library}: no such prompt library (a JSON file "
+                              '{"nickname": "prompt", ...}); give its path, or the prompts separated by "|"')
+
+
 def validate(exp: Experiment) -> None:
     _check_ranges(exp)
     for key, choices in _CHOICES.items():
         if getattr(exp, key) not in choices:
             raise ExperimentError(f"{key}={getattr(exp, key)!r}: choose one of "
                                   f"{', '.join(c for c in choices if c is not None)}")
-    if exp.data.layout not in ("auto", "nemo", "gr1", "image"):
-        raise ExperimentError(f"data.layout={exp.data.layout!r}: choose auto (by what the folder holds), nemo, gr1 "
-                              "or image")
+    if exp.data.layout not in ("auto", "nemo", "gr1", "image", "image_folder"):
+        raise ExperimentError(f"data.layout={exp.data.layout!r}: choose auto (by what the folder holds), nemo, gr1, "
+                              "image or image_folder")
+    _validate_image_training(exp)
     if exp.optim.name not in ("adamw", "adamw_bf16", "adamw_8bit"):
         raise ExperimentError(f"optim.name={exp.optim.name!r}: choose adamw (fp32 moments), adamw_bf16 or adamw_8bit")
     if not (exp.memory_cap_gb >= 0 and math.isfinite(exp.memory_cap_gb)):
@@ -504,6 +560,160 @@ def tiny_video2world_synthetic() -> Experiment:
 @register
 def tiny_text2image_synthetic() -> Experiment:
     return _tiny("text2image")
+
+
+# -- SimpleTuner's Cosmos2 Predict (Image) LoKr quick start (seed 002) ---------------------------
+# config.json: lora_type lycoris (lycoris_config: algo lokr, factor 4, linear_dim 10000, linear_alpha 1,
+# full_matrix, Attention modules), learning_rate 6e-5, lr_scheduler constant with lr_warmup_steps 100,
+# max_train_steps 10000, checkpoint_step_interval 500, use_ema, train_batch_size 1, seed 42, bf16,
+# gradient_checkpointing; validation_step_interval 500, validation_guidance 4.0,
+# validation_num_inference_steps 20, validation_prompt / validation_negative_prompt as below;
+# multidatabackend.json: resolution 1024 with resolution_type pixel_area (1024 x 1024 pixels of area).
+# The DiT is upstream's Text2Image 2B (preset predict2-2b-t2i); the loss is upstream's Text2Image one; weight
+# decay, betas and grad clip (which the seed does not state) are upstream's.
+
+
+def _image_folder_lokr(preset: str) -> Experiment:
+    return Experiment(
+        task="text2image", preset=preset, seed=42, max_iter=10000, save_iter=500, logging_iter=10,
+        optim=OptimConfig(lr=6e-5, weight_decay=0.1),
+        schedule=ScheduleConfig(warmup_steps=100, f_start=0.0, f_max=1.0, f_min=1.0),
+        loss=LossConfig(high_sigma_ratio=0.0),
+        lora=LoraConfig(kind="lokr", factor=4, rank=10000, alpha=10000, target_modules="to_q,to_k,to_v,to_out.0"),
+        data=DataConfig(num_frames=1, height=1024, width=1024, layout="image_folder", caption_strategy="textfile"),
+        validation_every=500, validation_prompts="A photo-realistic image of a cat",
+        validation_negative_prompt="ugly, cropped, blurry, low-quality, mediocre average",
+        validation_steps=20, validation_guidance=4.0,
+    )
+
+
+@register
+def predict2_text2image_2b_image_folder() -> Experiment:
+    return _image_folder_lokr("predict2-2b-t2i")
+
+
+@register
+def predict2_text2image_14b_image_folder() -> Experiment:
+    return _image_folder_lokr("predict2-14b-t2i")
+
+
+@register
+def tiny_text2image_image_folder() -> Experiment:
+    """The CPU twin: tiny DiT, 32 x 32 pixels of area, validation every 10 iterations with 2 steps.
+    Without dataset_path it builds 8 synthetic images of three shapes and a random tiny T5 first."""
+    exp = _tiny("text2image")
+    exp.max_iter, exp.save_iter, exp.batch_size = 20, 10, 2
+    exp.data = DataConfig(num_frames=1, height=32, width=32, layout="image_folder", num_workers=0,
+                          caption_strategy="textfile", latent_cache=True, synthetic=True, synthetic_videos=8)
+    exp.lora = LoraConfig(kind="lokr", factor=4, rank=8, alpha=8, target_modules="to_q,to_k,to_v,to_out.0")
+    exp.validation_every, exp.validation_prompts = 10, "a red square on a black background"
+    exp.validation_steps, exp.validation_guidance = 2, 4.0
+    return exp
+
+
+# -- Cosmos-Predict1 diffusion post-training (seed 004) ----------------------------------------
+# NVIDIA cosmos-predict1 cosmos_predict1/diffusion/training/config/text2world/experiment.py and
+# video2world/experiment.py (the nemo_assets experiments), on the defaults of config/config.py
+# (fusedadamw, lambdalinear, power EMA rate 0.1), config/base/model.py (EDMSDE p_mean 0 / p_std 1,
+# sigma_data 0.5, loss_add_logvar, loss_scale 1, adjust_video_noise False) and conditioner.py
+# (text dropout 0.2). Every full fine-tune: FusedAdamW lr 2^-14.3, wd 0.1, betas (0.9, 0.99),
+# eps 1e-10; LambdaLinear warm-up 2500 from 1e-6 to 1, then constant (f_min = f_max = 1); 2000
+# iterations, a checkpoint every 200, batch 1 per GPU; IterSpeed logs the loss every 10; FSDP.
+
+
+def _predict1(preset: str, task: str, *, frames: int = 121, height: int = 720, width: int = 1280,
+              context_parallel: int = 1, text_dropout: float = 0.0, ema: bool = True) -> Experiment:
+    video = task == "video2world"
+    return Experiment(
+        task=task, preset=preset, max_iter=2000, save_iter=200, logging_iter=10, parallelism="fsdp",
+        upstream_context_parallel=context_parallel,
+        optim=OptimConfig(lr=2**-14.3, weight_decay=0.1, betas=(0.9, 0.99), eps=1e-10),
+        schedule=ScheduleConfig(warmup_steps=2500, f_start=1e-6, f_max=1.0, f_min=1.0),
+        # video2world: adjust_video_noise True, video_cond_bool first_random_n 0..2, augment sigma
+        # exp(N(-3, 2)) x 1, no conditioning dropout (LossConfig's augment_* defaults)
+        loss=LossConfig(recipe="predict1", loss_scale=1.0, text_dropout=text_dropout, adjust_video_noise=video,
+                        min_cond_frames=0, max_cond_frames=2),
+        ema=EMAConfig(enabled=ema),
+        data=DataConfig(num_frames=frames, height=height, width=width, layout="nemo"),
+    )
+
+
+def _predict1_lora(preset: str, task: str, *, height: int, width: int) -> Experiment:
+    """LoRA rank 8, scale 1 on attn1/attn2 to_q and to_v of the first 28 blocks
+    (get_fa_ca_qv_lora_config(first_nblocks=28, rank=8, scale=1)); lr 1e-4, no warm-up, 5000
+    iterations, a checkpoint every 1000, DDP, context parallel 4; text dropout left at 0.2."""
+    exp = _predict1(preset, task, height=height, width=width, context_parallel=4, text_dropout=0.2)
+    exp.max_iter, exp.save_iter, exp.parallelism = 5000, 1000, "ddp"
+    exp.optim.lr = 1e-4
+    exp.schedule.warmup_steps = 0
+    exp.lora = LoraConfig(kind="lora", rank=8, alpha=8, target_modules="to_q,to_v", first_nblocks=28)
+    return exp
+
+
+@register
+def text2world_7b_example_cosmos_nemo_assets() -> Experiment:
+    return _predict1("predict1-7b-text2world", "text2world")
+
+
+@register
+def text2world_7b_example_cosmos_nemo_assets_4gpu_80gb() -> Experiment:
+    """384x384, 121 frames, context parallel 4, EMA on."""
+    return _predict1("predict1-7b-text2world", "text2world", height=384, width=384, context_parallel=4)
+
+
+@register
+def text2world_7b_example_cosmos_nemo_assets_8gpu_40gb() -> Experiment:
+    """384x384, 33 frames, EMA off (to save memory)."""
+    return _predict1("predict1-7b-text2world", "text2world", frames=33, height=384, width=384, ema=False)
+
+
+@register
+def text2world_7b_example_cosmos_nemo_assets_4gpu_40gb() -> Experiment:
+    """384x384, 17 frames, EMA off."""
+    return _predict1("predict1-7b-text2world", "text2world", frames=17, height=384, width=384, ema=False)
+
+
+@register
+def text2world_14b_example_cosmos_nemo_assets() -> Experiment:
+    """lr 2^-16, wd 0.2, eps 1e-11, loss_scale 10, adjust_video_noise, context parallel 16,
+    LambdaLinear warm-up 2500 then down to 0.1 at 90000."""
+    exp = _predict1("predict1-14b-text2world", "text2world", context_parallel=16)
+    exp.optim = OptimConfig(lr=2**-16, weight_decay=0.2, betas=(0.9, 0.99), eps=1e-11)
+    exp.schedule = ScheduleConfig(warmup_steps=2500, f_start=1e-6, f_max=1.0, f_min=0.1, cycle_length=90000)
+    exp.loss.loss_scale, exp.loss.adjust_video_noise = 10.0, True
+    return exp
+
+
+@register
+def text2world_7b_lora_example_cosmos_nemo_assets() -> Experiment:
+    """At 480x848 (dataloader_train_cosmos_nemo_assets_480_848)."""
+    return _predict1_lora("predict1-7b-text2world", "text2world", height=480, width=848)
+
+
+@register
+def video2world_7b_example_cosmos_nemo_assets() -> Experiment:
+    """examples/post-training_diffusion_video2world.md; text dropout left at 0.2. (One upstream
+    revision sets lr=0.0 here, a leftover; this takes the 2^-14.3 of its text2world twin.)"""
+    return _predict1("predict1-7b-video2world", "video2world", text_dropout=0.2)
+
+
+@register
+def video2world_7b_lora_example_cosmos_nemo_assets() -> Experiment:
+    return _predict1_lora("predict1-7b-video2world", "video2world", height=720, width=1280)
+
+
+@register
+def tiny_predict1_text2world_synthetic() -> Experiment:
+    """The CPU twin of text2world_7b_example_cosmos_nemo_assets: the Predict1 recipe (logvar head
+    included) on the tiny Predict1 DiT and tiny Cosmos tokenizer, with the tiny experiments' short
+    schedule (5 warm-up steps, lr 2e-3) so it learns within 60 steps on a CPU."""
+    exp = _tiny("video2world")
+    exp.task, exp.preset = "text2world", "tiny-predict1-text2world"
+    exp.loss = LossConfig(recipe="predict1", loss_scale=1.0, text_dropout=0.0, adjust_video_noise=False,
+                          min_cond_frames=0, max_cond_frames=2)
+    exp.data.num_frames = 17  # 3 latent frames of the 8x temporal CV8x8x8 tokenizer
+    return exp
+
 
 
 def describe(exp: Experiment) -> str:

@@ -83,7 +83,8 @@ def _check_vae(value: str) -> None:
 def dataset_needed(exp: Experiment) -> str:
     """The message for an experiment that reads a dataset but was given none."""
     return (f"experiment {exp.name} needs dataset_path=<folder> (videos/, metas/, t5_xxl/ as NVIDIA's "
-            f"cosmos_nemo_assets; images/ for text2image)")
+            f"cosmos_nemo_assets; images/ for text2image, or a flat folder of images with <name>.txt captions: "
+            f"data.layout=image_folder)")
 
 
 def _check_dataset(exp: Experiment, preset) -> None:
@@ -101,7 +102,13 @@ def _check_dataset(exp: Experiment, preset) -> None:
     from cosmos_hal.data import text_features
     from cosmos_hal.data.datasets import build_dataset
     from cosmos_hal.data.errors import DatasetError
+    from cosmos_hal.train import image_data
 
+    if image_data.wanted(exp):  # images listed, captions present, a T5 encoder to embed them (no weights read)
+        try:
+            return image_data.check(exp, preset)
+        except (DatasetError, OSError) as exc:
+            raise ExperimentError(f"{_where('dataset_path', exp.dataset_path)}: {exc}") from None
     try:
         build_dataset(root, num_frames=exp.data.num_frames, resolution=(exp.data.height, exp.data.width),
                       layout=exp.data.layout, seed=exp.seed, skip_bad_samples=exp.data.skip_bad_samples,

@@ -117,13 +117,19 @@ def build_vae_for(exp: Experiment, device):
     return build_vae(vae_source(exp), dtype=dtype, device=device, init_seed=exp.seed)
 
 
-def build_data(exp: Experiment, preset, world, *, dp_rank: int | None = None, dp_size: int | None = None):
+def build_data(exp: Experiment, preset, world, *, dp_rank: int | None = None, dp_size: int | None = None,
+               logger=None):
     """Dataset and loader; the loader shards samples over the data-parallel ranks (the ranks of
     one context-parallel group read the same samples)."""
     from cosmos_hal.data import text_features
     from cosmos_hal.data.datasets import build_dataset
     from cosmos_hal.data.loader import build_loader
 
+    from cosmos_hal.train import image_data
+
+    if image_data.wanted(exp):  # a flat folder of captioned images (SimpleTuner's layout): T5 cache + buckets
+        return image_data.build(exp, preset, world, dp_rank=world.rank if dp_rank is None else dp_rank,
+                                dp_size=world.world_size if dp_size is None else dp_size, logger=logger)
     features = text_features.for_preset(preset)  # Predict2.5 DiTs read Reason1 features, Predict2 T5
     if exp.data.synthetic and not exp.dataset_path:
         root = ensure_synthetic_dataset(exp, preset.context_dim, preset.text_max_length, features.folder)
@@ -267,7 +273,7 @@ def train(exp: Experiment) -> dict:
 
     # data first: a dataset missing the text features its DiT reads stops here, with the command
     # that makes them, before minutes of model loading
-    dataset, loader = build_data(exp, get_preset(exp.preset), world, dp_rank=dp_rank, dp_size=dp_size)
+    dataset, loader = build_data(exp, get_preset(exp.preset), world, dp_rank=dp_rank, dp_size=dp_size, logger=logger)
     model, preset = build_model(exp, world.device)
     vae = build_vae_for(exp, world.device)
     ac_modes = ac_memory = ac_budget = None
