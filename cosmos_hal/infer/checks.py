@@ -68,6 +68,16 @@ def check_model_source(model, vae_path=None, text_encoder_path=None) -> Path:
             if not Path(value).is_dir():
                 raise InferenceInputError(f"{flag} {value}: not a folder")
         return path
+    if (path / ".metadata").is_file():
+        raise InferenceInputError(
+            f"--model {path}: a sharded training checkpoint (checkpoint.format=sharded); convert it with "
+            f"`python tools/convert_checkpoint.py --to full {path} {path}_full`, then pass --model {path}_full/model.pt"
+        )
+    if (path / "model.pt").is_file() and (path / "trainer.pt").is_file():
+        raise InferenceInputError(
+            f"--model {path}: a cosmos_hal training checkpoint folder; pass --model {path}/model.pt with --preset "
+            "(the experiment's), --vae_path and --text_encoder_path"
+        )
     missing = [name for name in PIPELINE_SUBFOLDERS if not (path / name).is_dir()]
     own = {"vae": vae_path, "text_encoder": text_encoder_path, "tokenizer": text_encoder_path}
     missing = [name for name in missing if own.get(name) is None]

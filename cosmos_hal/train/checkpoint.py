@@ -32,10 +32,12 @@ import re
 import shutil
 
 import torch
+import torch.distributed as tdist
 from torch import nn
 
 from cosmos_hal import dist, rng
 from cosmos_hal.fileio import write_text_atomic
+from cosmos_hal.train import sharded_checkpoint as sharded
 
 LATEST = "latest_checkpoint.txt"
 _ITER_DIR = re.compile(r"^iter_(\d{9})$")
@@ -55,72 +57,140 @@ def _options(**kw):
     return StateDictOptions(full_state_dict=True, **kw)
 
 
+def _from_rank0(obj):
+    """``obj`` as rank 0 has it, on every rank (small python objects only)."""
+    if not (tdist.is_initialized() and tdist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _agree(problem: str | None, error=KeyError) -> None:
+    """Raise ``problem`` (found on rank 0) on every rank, so no rank is left waiting in the
+    next collective while rank 0 stops."""
+    problem = _from_rank0(problem)
+    if problem:
+        raise error(problem)
+
+
 def model_state(model: nn.Module, trainable_only: bool) -> dict:
-    """Full weights on rank 0 (a collective under FSDP: call on every rank)."""
+    """Full weights as CPU tensors on rank 0, ``{}`` on the others (a collective under FSDP2:
+    call on every rank). Gathered one tensor at a time straight to rank 0's host
+    (``cpu_offload=True``); LoRA/DoRA gathers only the adapters (``ignore_frozen_params``)."""
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
-        sd = get_model_state_dict(model, options=_options(cpu_offload=True))
-    else:
-        sd = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    if trainable_only:
-        keep = {n for n, p in model.named_parameters() if p.requires_grad}
-        sd = {k: v for k, v in sd.items() if k in keep}
-    return sd
+        return get_model_state_dict(model, options=_options(cpu_offload=True, ignore_frozen_params=trainable_only))
+    if not dist.world().is_main:
+        return {}
+    keep = {n for n, p in model.named_parameters() if p.requires_grad} if trainable_only else None
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if keep is None or k in keep}
 
 
-def load_model_state(model: nn.Module, sd: dict, trainable_only: bool) -> None:
+def _fit_problem(model: nn.Module, sd: dict, trainable_only: bool) -> str | None:
+    """What keeps checkpoint weights ``sd`` from fitting ``model`` (missing trainable,
+    unexpected or mis-shaped keys), or None."""
+    live = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(k for k in live if k not in sd and (k in trainable or not trainable_only))
+    unexpected = sorted(k for k in sd if k not in live)
+    shapes = sorted(f"{k} {tuple(sd[k].shape)} vs {live[k]}" for k in sd if k in live and tuple(sd[k].shape) != live[k])
+    if missing or unexpected or shapes:
+        return (f"checkpoint weights do not fit the model: missing {missing[:10]}, unexpected {unexpected[:10]}, "
+                f"shapes {shapes[:10]}")
+    return None
+
+
+def load_model_state(model: nn.Module, sd: dict | None, trainable_only: bool) -> None:
+    """Load full weights ``sd``. Under FSDP2 only rank 0 holds ``sd`` (others pass None): it is
+    broadcast one tensor at a time and each rank keeps its shard (``broadcast_from_rank0``)."""
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import set_model_state_dict
 
-        result = set_model_state_dict(model, sd, options=_options(strict=not trainable_only))
-    else:
-        result = model.load_state_dict(sd, strict=not trainable_only)
-    missing = [k for k in getattr(result, "missing_keys", [])
-               if k in {n for n, p in model.named_parameters() if p.requires_grad}]
-    if missing or getattr(result, "unexpected_keys", []):
-        raise KeyError(f"checkpoint weights do not fit the model: missing trainable {missing[:10]}, "
-                       f"unexpected {list(result.unexpected_keys)[:10]}")
+        _agree(_fit_problem(model, sd, trainable_only) if dist.world().is_main else None)
+        set_model_state_dict(model, sd if dist.world().is_main else {},
+                             options=_options(strict=not trainable_only, broadcast_from_rank0=True))
+        return
+    problem = _fit_problem(model, sd, trainable_only)
+    if problem:
+        raise KeyError(problem)
+    model.load_state_dict(sd, strict=not trainable_only)
 
 
 def optimizer_state(model: nn.Module, optimizer) -> dict:
+    """The optimizer's state keyed by parameter name, full and on rank 0's host (``{}`` on
+    the others; a collective under FSDP2). Named keys are what the sharded format stores too,
+    so the two convert into each other without the model."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
+
+
+def load_optimizer_state(model: nn.Module, optimizer, state: dict | None) -> None:
+    """Load a full optimizer state (rank 0's ``state`` broadcast under FSDP2, others pass None).
+    Integer-keyed states (checkpoints from before named keys) load as torch wrote them."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
     if is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-
-        return get_optimizer_state_dict(model, optimizer, options=_options(cpu_offload=True))
-    return optimizer.state_dict()
-
-
-def load_optimizer_state(model: nn.Module, optimizer, state: dict) -> None:
-    if is_sharded(model):
-        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=state, options=_options())
-    else:
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=state if dist.world().is_main else {},
+                                 options=_options(broadcast_from_rank0=True))
+    elif all(isinstance(k, int) for k in state.get("state", {})) and state.get("state"):
         optimizer.load_state_dict(state)
+    else:
+        set_optimizer_state_dict(model, optimizer, optim_state_dict=state)
 
 
 def ema_state(ema) -> dict | None:
-    """EMA shadows as full CPU tensors (gathers DTensor shards: call on every rank)."""
+    """EMA shadows as full CPU tensors on rank 0, None on the others (gathers DTensor shards
+    one at a time: call on every rank)."""
     if ema is None:
         return None
+    main = dist.world().is_main
     state = ema.state_dict()
-    state["shadow"] = {k: (v.full_tensor() if _is_dtensor(v) else v).detach().to("cpu", copy=True)
-                       for k, v in state["shadow"].items()}
+    shadow = {}
+    for k, v in state["shadow"].items():
+        full = v.full_tensor() if _is_dtensor(v) else v
+        if main:
+            shadow[k] = full.detach().to("cpu", copy=True)
+        del full
+    if not main:
+        return None
+    state["shadow"] = shadow
     state["buffers"] = {k: v.detach().to("cpu", copy=True) for k, v in state["buffers"].items()}
     return state
 
 
-def load_ema_state(ema, state: dict) -> None:
+def load_ema_state(ema, state: dict | None, from_rank0: bool = False) -> None:
+    """Load full EMA state. ``from_rank0`` (FSDP2): only rank 0 holds ``state``; each shadow
+    is scattered from it one tensor at a time (``distribute_tensor(src_data_rank=0)``), so
+    no rank holds more than one full tensor beyond its shards."""
     from torch.distributed.tensor import distribute_tensor
 
-    shadow = {}
-    for name, full in state["shadow"].items():
-        live = ema.shadow.get(name)
-        if live is not None and _is_dtensor(live):
-            full = distribute_tensor(full.to(live.device_mesh.device_type), live.device_mesh, live.placements)
-        shadow[name] = full
-    ema.load_state_dict({**state, "shadow": shadow})
+    if not from_rank0:
+        ema.load_state_dict(state)
+        return
+    main = dist.world().is_main
+    head = _from_rank0({k: v for k, v in state.items() if k != "shadow"} if main else None)
+    if main:
+        shapes = {k: tuple(v.shape) for k, v in state["shadow"].items()}
+        live = {k: tuple(v.shape) for k, v in ema.shadow.items()}
+        problem = None if shapes == live else (
+            f"EMA state does not fit the model: missing {sorted(set(live) - set(shapes))[:10]}, unexpected "
+            f"{sorted(set(shapes) - set(live))[:10]}, shapes "
+            f"{sorted(f'{k} {shapes[k]} vs {live[k]}' for k in shapes if k in live and shapes[k] != live[k])[:10]}")
+    _agree(problem if main else None)
+    device = dist.world().device
+    with torch.no_grad():
+        for name, live in ema.shadow.items():
+            src = state["shadow"][name].to(device) if main else torch.empty(live.shape, dtype=live.dtype, device=device)
+            if _is_dtensor(live):
+                live.to_local().copy_(distribute_tensor(src, live.device_mesh, live.placements, src_data_rank=0).to_local())
+            else:
+                tdist.broadcast(src, src=0)
+                live.copy_(src)
+            del src
+    ema.load_state_dict({**head, "shadow": dict(ema.shadow)})  # gamma, shift, buffers; shadows are in place
 
 
 def ema_weights(checkpoint_dir: str) -> dict[str, torch.Tensor]:
@@ -131,10 +201,16 @@ def ema_weights(checkpoint_dir: str) -> dict[str, torch.Tensor]:
         newest = latest(os.path.dirname(os.path.abspath(checkpoint_dir)))
         raise FileNotFoundError(f"{checkpoint_dir} is not a complete checkpoint ({why}); "
                                 + (f"the newest complete one is {newest}" if newest else "no complete one is beside it"))
-    state = torch.load(os.path.join(checkpoint_dir, "model.pt"), map_location="cpu", weights_only=False)
-    if not state.get("ema"):
-        raise KeyError(f"{checkpoint_dir}/model.pt holds no EMA weights (the run had ema.enabled=false)")
-    return {**state["ema"]["shadow"], **state["ema"]["buffers"]}
+    if sharded.is_sharded_folder(checkpoint_dir):  # a sharded one: read only its EMA entries
+        ema = sharded.read(checkpoint_dir, only=("ema",)).get("ema")
+        where = f"{checkpoint_dir} (sharded)"
+    else:
+        ema = torch.load(os.path.join(checkpoint_dir, "model.pt"), map_location="cpu", weights_only=False,
+                         mmap=True).get("ema")
+        where = f"{checkpoint_dir}/model.pt"
+    if not ema:
+        raise KeyError(f"{where} holds no EMA weights (the run had ema.enabled=false)")
+    return {**ema["shadow"], **ema.get("buffers", {})}
 
 
 # -- folders --------------------------------------------------------------------------------
@@ -148,7 +224,12 @@ def incomplete(folder: str) -> str | None:
     """Why checkpoint ``folder`` cannot be resumed from (a file missing or cut short), or None.
 
     Judged by content: trainer.pt lists every file and its size; folders from before that
-    list must hold model.pt, optim.pt and one rank file per process."""
+    list must hold model.pt, optim.pt and one rank file per process. A sharded folder's
+    ``.metadata`` must also read and every shard file it indexes be there in full."""
+    if sharded.is_sharded_folder(folder):
+        why = sharded.incomplete(folder)
+        if why:
+            return why
     try:
         meta = torch.load(os.path.join(folder, "trainer.pt"), map_location="cpu", weights_only=False)
         files = meta.get("files") or {n: None for n in ("model.pt", "optim.pt", *(
@@ -215,12 +296,20 @@ def clean(root: str) -> list[str]:
     return removed
 
 
+FORMATS = ("full", "sharded")
+
+
 def save(root: str, iteration: int, *, model, optimizer, scheduler, ema, loader, experiment: dict,
-         trainable_only: bool, keep_last: int, extra_writer=None) -> str:
+         trainable_only: bool, keep_last: int, extra_writer=None, format: str = "full") -> str:
     """Write checkpoint ``iteration`` (collective: every rank calls it). Returns the folder.
 
-    ``extra_writer(tmp_dir, weights)`` runs on rank 0 with the gathered weights before the
-    rename, so extra files (LoRA adapters) are part of the same atomic checkpoint."""
+    ``format``: full (portable torch files gathered on rank 0's host) or sharded (DCP: each
+    rank writes its shards; sharded_checkpoint.py). ``extra_writer(tmp_dir, weights)`` runs
+    on rank 0 with the gathered trainable weights before the rename, so extra files (LoRA
+    adapters) are part of the same atomic checkpoint."""
+    if format not in FORMATS:
+        raise ValueError(f"checkpoint.format={format!r}: choose full (portable files) or sharded "
+                         "(torch.distributed.checkpoint)")
     w = dist.world()
     name = f"iter_{iteration:09d}"
     final = os.path.join(root, name)
@@ -230,22 +319,24 @@ def save(root: str, iteration: int, *, model, optimizer, scheduler, ema, loader,
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
     dist.barrier()
-    net = model_state(model, trainable_only)
-    ema_sd = ema_state(ema)
-    optim = optimizer_state(model, optimizer)
-    torch.save({"rng": rng.capture_state(), "loader": loader.state_dict(), "rank": w.rank},
-               os.path.join(tmp, _RANK_FILE.format(w.rank)))
-    if w.is_main:
-        torch.save({"net": net, "ema": ema_sd, "trainable_only": trainable_only}, os.path.join(tmp, "model.pt"))
-        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, os.path.join(tmp, "optim.pt"))
-        if extra_writer is not None:
-            extra_writer(tmp, net)
+    mine = {"rng": rng.capture_state(), "loader": loader.state_dict(), "rank": w.rank}
+    if format == "sharded":
+        sharded.save(tmp, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, rank_state=mine,
+                     trainable_only=trainable_only)
+        if extra_writer is not None:  # adapters only (trainable_only): small to gather
+            net = model_state(model, trainable_only=True)
+            if w.is_main:
+                extra_writer(tmp, net)
+            del net
+    else:
+        _save_full(tmp, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema, rank_state=mine,
+                   trainable_only=trainable_only, extra_writer=extra_writer)
     dist.barrier()
     if w.is_main:
         # written last, once every rank's file is there: the list that makes the folder complete
         files = {f: os.path.getsize(os.path.join(tmp, f)) for f in sorted(os.listdir(tmp))}
-        torch.save({"iteration": iteration, "world_size": w.world_size, "experiment": experiment, "files": files},
-                   os.path.join(tmp, "trainer.pt"))
+        write_trainer(tmp, {"iteration": iteration, "world_size": w.world_size, "experiment": experiment,
+                            "format": format, "trainable_only": bool(trainable_only), "files": files})
         if os.path.isdir(final):
             _discard(root, name)
         os.replace(tmp, final)
@@ -258,23 +349,79 @@ def save(root: str, iteration: int, *, model, optimizer, scheduler, ema, loader,
     return final
 
 
-def restore(path: str, *, model, optimizer, scheduler, ema, loader) -> int:
-    """Load checkpoint folder ``path`` into the live objects; returns its iteration."""
+def _save_full(tmp: str, *, model, optimizer, scheduler, ema, rank_state: dict, trainable_only: bool,
+               extra_writer) -> None:
+    """model.pt, optim.pt and this rank's file. Rank 0's host holds at most the weights and the
+    EMA at once (8 bytes per trained parameter), then the two AdamW moments (another 8)."""
     w = dist.world()
-    trainer = torch.load(os.path.join(path, "trainer.pt"), map_location="cpu", weights_only=False)
+    torch.save(rank_state, os.path.join(tmp, _RANK_FILE.format(w.rank)))
+    net = model_state(model, trainable_only)
+    ema_sd = ema_state(ema)
+    if w.is_main:
+        torch.save({"net": net, "ema": ema_sd, "trainable_only": trainable_only}, os.path.join(tmp, "model.pt"))
+        if extra_writer is not None:
+            extra_writer(tmp, net)
+    del net, ema_sd
+    optim = optimizer_state(model, optimizer)
+    if w.is_main:
+        torch.save({"optimizer": optim, "scheduler": scheduler.state_dict()}, os.path.join(tmp, "optim.pt"))
+    del optim
+
+
+def write_trainer(folder: str, meta: dict) -> None:
+    torch.save(meta, os.path.join(folder, "trainer.pt"))
+
+
+def read_trainer(folder: str) -> dict:
+    return torch.load(os.path.join(folder, "trainer.pt"), map_location="cpu", weights_only=False)
+
+
+def _load(path: str) -> dict:
+    """A checkpoint file memory-mapped: its tensors are read from the page cache as they are
+    copied, never as one more whole copy in this process's memory."""
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+
+
+def restore(path: str, *, model, optimizer, scheduler, ema, loader) -> int:
+    """Load checkpoint folder ``path`` (full or sharded, told by its content) into the live
+    objects; returns its iteration.
+
+    Full under FSDP2: only rank 0 maps the files; every tensor is broadcast from it one at a
+    time and each rank keeps its shard (weights, EMA, optimizer), so no rank's device holds
+    more than one full tensor beyond its shards. Sharded: each rank reads its own slices."""
+    w = dist.world()
+    trainer = read_trainer(path)
     if trainer["world_size"] != w.world_size:
         raise RuntimeError(f"{path} was written by {trainer['world_size']} processes, this run has {w.world_size}: "
-                           "resume with the same world size, or start a new output_dir")
-    state = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=False)
-    load_model_state(model, state["net"], state["trainable_only"])
-    if ema is not None:
-        if not state.get("ema"):
-            raise KeyError(f"{path}/model.pt holds no EMA weights but this run has ema.enabled=true")
-        load_ema_state(ema, state["ema"])
-    opt = torch.load(os.path.join(path, "optim.pt"), map_location="cpu", weights_only=False)
-    load_optimizer_state(model, optimizer, opt["optimizer"])
-    scheduler.load_state_dict(opt["scheduler"])
-    mine = torch.load(os.path.join(path, f"rank_{w.rank:05d}.pt"), map_location="cpu", weights_only=False)
+                           "resume with the same world size (the data order and RNG states are per rank), or "
+                           f"start a new output_dir with model_path={path}/model.pt (a full checkpoint's weights; "
+                           "convert a sharded one with tools/convert_checkpoint.py --to full)")
+    if sharded.is_sharded_folder(path):
+        mine = sharded.restore(path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema,
+                               trainable_only=bool(trainer["trainable_only"]))
+    else:
+        mine = _restore_full(path, model=model, optimizer=optimizer, scheduler=scheduler, ema=ema)
     loader.load_state_dict(mine["loader"])
     rng.restore_state(mine["rng"])
     return int(trainer["iteration"])
+
+
+def _restore_full(path: str, *, model, optimizer, scheduler, ema) -> dict:
+    w = dist.world()
+    from_rank0 = is_sharded(model)  # FSDP2: the other ranks never read model.pt / optim.pt
+    reads = w.is_main or not from_rank0
+    state = _load(os.path.join(path, "model.pt")) if reads else None
+    trainable_only = _from_rank0(state["trainable_only"] if w.is_main else None) if from_rank0 else \
+        state["trainable_only"]
+    load_model_state(model, state["net"] if reads else None, trainable_only)
+    if ema is not None:
+        _agree(f"{path}/model.pt holds no EMA weights but this run has ema.enabled=true"
+               if reads and not state.get("ema") else None)
+        load_ema_state(ema, state["ema"] if reads else None, from_rank0=from_rank0)
+    del state
+    opt = _load(os.path.join(path, "optim.pt")) if reads else None
+    load_optimizer_state(model, optimizer, opt["optimizer"] if reads else None)
+    sched = opt["scheduler"] if reads else None
+    del opt
+    scheduler.load_state_dict(_from_rank0(sched) if from_rank0 else sched)
+    return torch.load(os.path.join(path, _RANK_FILE.format(w.rank)), map_location="cpu", weights_only=False)

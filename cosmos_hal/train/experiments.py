@@ -137,6 +137,16 @@ class DataConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """How checkpoints are written (train/checkpoint.py, docs/training.md "Checkpoints and resume").
+    format: full (portable torch files gathered on rank 0's host: what inference and the tools
+    read) | sharded (torch.distributed.checkpoint: each rank writes its own shards, nothing is
+    gathered). Resume reads either; tools/convert_checkpoint.py converts between them."""
+
+    format: str = "full"
+
+
+@dataclass
 class Experiment:
     name: str = ""
     task: str = "video2world"  # video2world | text2image
@@ -206,6 +216,7 @@ class Experiment:
     ema: EMAConfig = field(default_factory=EMAConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def resolved_output_dir(self) -> str:
         return self.output_dir or f"output/{self.name}"
@@ -352,6 +363,9 @@ def validate(exp: Experiment) -> None:
     if exp.lora.init not in ("peft", "gaussian") or (exp.lora.init == "gaussian" and exp.lora.kind == "lokr"):
         raise ExperimentError(f"lora.init={exp.lora.init!r} with lora.kind={exp.lora.kind}: choose peft "
                               "(peft's default init), or gaussian for lora/dora")
+    if exp.checkpoint.format not in ("full", "sharded"):
+        raise ExperimentError(f"checkpoint.format={exp.checkpoint.format!r}: choose full (portable files, the "
+                              "default) or sharded (torch.distributed.checkpoint, no gather on rank 0)")
     if exp.lora.factor == 0 or exp.lora.factor < -1:
         raise ExperimentError(f"lora.factor={exp.lora.factor}: give LoKr's decompose factor (e.g. lora.factor=4) "
                               "or -1 (near-square factors)")

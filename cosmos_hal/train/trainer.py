@@ -334,8 +334,9 @@ def train(exp: Experiment) -> dict:
     def save():
         path = ckpt.save(ckpt_root, iteration, model=owner, optimizer=optimizer, scheduler=scheduler, ema=ema,
                          loader=loader, experiment=exp_dict, trainable_only=trainable_only, keep_last=exp.keep_last,
-                         extra_writer=(lambda d, sd: export_adapters(owner, d, sd)) if trainable_only else None)
-        logger.info(f"saved checkpoint {path}")
+                         extra_writer=(lambda d, sd: export_adapters(owner, d, sd)) if trainable_only else None,
+                         format=exp.checkpoint.format)
+        logger.info(f"saved checkpoint {path}" + (" (sharded)" if exp.checkpoint.format == "sharded" else ""))
 
     while iteration < exp.max_iter:
         loss_sum = torch.zeros((), device=world.device)
