@@ -2,7 +2,7 @@
 
 build (model, VAE, adapters, EMA) -> parallelize (AC, compile, FSDP2/DDP) -> optimizer and
 schedule -> data -> resume -> for each iteration: grad_accum micro-steps of
-(latents, draws, loss, backward), clip, step, EMA, log, checkpoint.
+(latents, draws, loss, backward), clip, step, EMA (train_step), then log, checkpoint.
 
 Nothing here names a vendor: the device, autocast type, collectives, RNG and the fused
 AdamW all come from cosmos_hal (backend, dist, rng, ops).
@@ -240,6 +240,103 @@ def refine_ac(model, memory, budget, allocated_before: int, logger) -> None:
                     f"{peak / 2**30:.1f} GiB): " + ", ".join(f"{m} {new.count(m)}" for m in ac.LADDER if new.count(m)))
 
 
+@dataclasses.dataclass
+class StepParts:
+    """What one optimisation step works on; train() builds it once."""
+
+    exp: Experiment
+    net: torch.nn.Module  # what runs forward (FSDP2/DDP-wrapped, compiled blocks)
+    owner: torch.nn.Module  # what holds the weights (EMA, checkpoints)
+    params: list  # the trainable parameters (clipped)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    ema: PowerEMA | None
+    vae: torch.nn.Module
+    dataset: object  # its latent cache takes the latents the VAE computes
+    draws: DrawAhead
+    preset: object
+    device: torch.device
+    device_type: str  # autocast's
+
+
+@dataclasses.dataclass
+class StepMetrics:
+    """One step's numbers, left on the device: reading one waits for the device, so the loop
+    reads them only on the iterations it logs."""
+
+    loss: torch.Tensor  # this rank's mean over the grad_accum micro-batches
+    lr: float  # the rate the optimizer step used
+    grad_norm: torch.Tensor  # before clipping
+    nonfinite: torch.Tensor  # gradient elements that were NaN/inf, zeroed before clipping
+
+
+def forward_backward(parts: StepParts, batch: dict, step: int, sync_grads: bool) -> torch.Tensor:
+    """One micro-batch: latents, the random draws of global micro-step ``step``, the loss, and
+    backward of loss / grad_accum (gradients reduced over ranks only when ``sync_grads``)."""
+    exp, device = parts.exp, parts.device
+    amp = exp.precision == "bf16"
+    x0 = latents_of(batch, parts.vae, parts.dataset, device)
+    draws = parts.draws.get(x0.shape, step)
+    text = batch["t5_text_embeddings"].to(device=device, dtype=torch.float32)
+    pad = torch.zeros(1, 1, x0.shape[-2], x0.shape[-1], device=device)
+
+    def net_fn(x_in, timestep, cond_mask, text_keep):
+        ctx = text * text_keep.view(-1, 1, 1).to(text.dtype)
+        if amp and exp.loss.bf16_timestep:  # as upstream under bf16 (LossConfig.bf16_timestep)
+            timestep = timestep.to(torch.bfloat16)
+        with torch.autocast(device_type=parts.device_type, dtype=torch.bfloat16, enabled=amp):
+            return parts.net(hidden_states=x_in, timestep=timestep, encoder_hidden_states=ctx,
+                             condition_mask=cond_mask if parts.preset.has_condition_mask else None,
+                             padding_mask=pad, return_dict=False)[0]
+
+    with set_grad_sync(parts.net, sync_grads):
+        loss, _ = losses.compute(net_fn, x0, draws, exp.loss, is_video=exp.task == "video2world")
+        (loss / exp.grad_accum).backward()
+    return loss.detach()
+
+
+def train_step(parts: StepParts, batches, iteration: int) -> StepMetrics:
+    """One optimisation step, as torchtitan's Trainer.train_step: grad_accum micro-batches from
+    ``batches``, then the clip (NaN/inf gradient elements zeroed first, as upstream's GradClip
+    callback with force_finite), the optimizer, schedule and EMA steps, and zeroed gradients."""
+    exp = parts.exp
+    loss_sum = torch.zeros((), device=parts.device)
+    for micro in range(exp.grad_accum):
+        loss_sum += forward_backward(parts, next(batches), iteration * exp.grad_accum + micro,
+                                     sync_grads=micro == exp.grad_accum - 1)
+    grad_norm, nonfinite = grad_clip.clip_(parts.params, exp.optim.grad_clip,
+                                           force_finite=exp.optim.zero_nonfinite_grads)
+    if hasattr(grad_norm, "full_tensor"):
+        grad_norm = grad_norm.full_tensor()
+    lr = parts.optimizer.param_groups[0]["lr"]
+    parts.optimizer.step()
+    parts.scheduler.step()
+    if parts.ema is not None:
+        parts.ema.update(parts.owner, iteration)
+    parts.optimizer.zero_grad()
+    return StepMetrics(loss=loss_sum / exp.grad_accum, lr=lr, grad_norm=grad_norm,
+                       nonfinite=nonfinite.to(parts.device))
+
+
+def step_record(metrics: StepMetrics, iteration: int, *, exp: Experiment, backend, dp_size: int,
+                since: float, iterations: int, nonfinite: torch.Tensor, sharded_grads: bool) -> dict:
+    """The log record of ``iteration``: the loss averaged over ranks (a NaN/inf loss stops the
+    run), the speed of the ``iterations`` steps since ``since``, memory, and the gradient elements
+    zeroed since the last record (summed over FSDP shards; else every rank holds all of them)."""
+    loss = float(dist.all_reduce(metrics.loss, "mean"))
+    if not math.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss} at iteration {iteration}; stopping (lower optim.lr?)")
+    backend.synchronize()
+    s_per_it = (time.perf_counter() - since) / iterations
+    return {
+        "iteration": iteration, "loss": loss, "lr": float(metrics.lr), "grad_norm": float(metrics.grad_norm),
+        "s_per_it": s_per_it,
+        "samples_per_s": exp.batch_size * exp.grad_accum * dp_size / s_per_it,
+        "mem_gb": memory_gb(backend), "backend": backend.name,
+        "nonfinite_grads": int(dist.all_reduce(nonfinite, "sum" if sharded_grads else "max")),
+    }
+
+
 def train(exp: Experiment) -> dict:
     """Run ``exp`` to max_iter (resuming from the latest checkpoint); returns a summary."""
     backend = _backend.current()
@@ -318,16 +415,17 @@ def train(exp: Experiment) -> dict:
         logger.bar.refresh()
 
     is_video = exp.task == "video2world"
-    amp = exp.precision == "bf16"
     trainable_only = exp.lora.kind != "none"
     exp_dict = dataclasses.asdict(exp)
     batches = iter(loader)
     draw_ahead = DrawAhead(exp.loss, seed=exp.seed, rank=dp_rank, is_video=is_video, world=dp_size)
+    parts = StepParts(exp=exp, net=net, owner=owner, params=params, optimizer=optimizer, scheduler=scheduler,
+                      ema=ema, vae=vae, dataset=dataset, draws=draw_ahead, preset=preset, device=world.device,
+                      device_type=backend.device_type)
     t_window, it_window = time.perf_counter(), 0
     backend.reset_peak_memory()
     allocated_before = ac.device_allocated_bytes()
     last_loss = math.nan
-    first_losses: list[float] = []
     nonfinite_sum = torch.zeros((), device=world.device)
     sharded_grads = world.world_size > 1 and exp.parallelism == "fsdp"  # else every rank holds all gradients
 
@@ -339,65 +437,21 @@ def train(exp: Experiment) -> dict:
         logger.info(f"saved checkpoint {path}" + (" (sharded)" if exp.checkpoint.format == "sharded" else ""))
 
     while iteration < exp.max_iter:
-        loss_sum = torch.zeros((), device=world.device)
-        for micro in range(exp.grad_accum):
-            batch = next(batches)
-            step = iteration * exp.grad_accum + micro
-            x0 = latents_of(batch, vae, dataset, world.device)
-            draws = draw_ahead.get(x0.shape, step)
-            text = batch["t5_text_embeddings"].to(device=world.device, dtype=torch.float32)
-            pad = torch.zeros(1, 1, x0.shape[-2], x0.shape[-1], device=world.device)
-
-            def net_fn(x_in, timestep, cond_mask, text_keep):
-                ctx = text * text_keep.view(-1, 1, 1).to(text.dtype)
-                if amp and exp.loss.bf16_timestep:  # as upstream under bf16 (LossConfig.bf16_timestep)
-                    timestep = timestep.to(torch.bfloat16)
-                with torch.autocast(device_type=backend.device_type, dtype=torch.bfloat16, enabled=amp):
-                    return net(hidden_states=x_in, timestep=timestep, encoder_hidden_states=ctx,
-                               condition_mask=cond_mask if preset.has_condition_mask else None,
-                               padding_mask=pad, return_dict=False)[0]
-
-            with set_grad_sync(net, micro == exp.grad_accum - 1):
-                loss, _ = losses.compute(net_fn, x0, draws, exp.loss, is_video=is_video)
-                (loss / exp.grad_accum).backward()
-            loss_sum += loss.detach()
-        grad_norm, nonfinite = grad_clip.clip_(params, exp.optim.grad_clip, force_finite=exp.optim.zero_nonfinite_grads)
-        nonfinite_sum = nonfinite_sum + nonfinite.to(world.device)
-        if hasattr(grad_norm, "full_tensor"):
-            grad_norm = grad_norm.full_tensor()
-        lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        scheduler.step()
-        if ema is not None:
-            ema.update(owner, iteration)
-        optimizer.zero_grad()
-        if ac_memory is not None and iteration == start_iteration:
-            refine_ac(model, ac_memory, ac_budget, allocated_before, logger)
-        if iteration == start_iteration:
+        metrics = train_step(parts, batches, iteration)
+        nonfinite_sum = nonfinite_sum + metrics.nonfinite
+        if iteration == start_iteration:  # the first step's memory peak and kernels are known now
+            if ac_memory is not None:
+                refine_ac(model, ac_memory, ac_budget, allocated_before, logger)
             logger.info("kernels that ran: " + _chosen_kernels())
         iteration += 1
         it_window += 1
         logger.step()
 
         if iteration % exp.logging_iter == 0 or iteration == exp.max_iter:
-            mean_loss = dist.all_reduce(loss_sum / exp.grad_accum, "mean")
-            last_loss = float(mean_loss)
-            if not math.isfinite(last_loss):
-                raise FloatingPointError(f"loss is {last_loss} at iteration {iteration}; stopping (lower optim.lr?)")
-            backend.synchronize()
-            elapsed = time.perf_counter() - t_window
-            s_per_it = elapsed / it_window
-            record = {
-                "iteration": iteration, "loss": last_loss, "lr": float(lr), "grad_norm": float(grad_norm),
-                "s_per_it": s_per_it,
-                "samples_per_s": exp.batch_size * exp.grad_accum * dp_size / s_per_it,
-                "mem_gb": memory_gb(backend), "backend": backend.name,
-                # gradient elements that were NaN/inf and zeroed before clipping, since the last line
-                "nonfinite_grads": int(dist.all_reduce(nonfinite_sum, "sum" if sharded_grads else "max")),
-            }
+            record = step_record(metrics, iteration, exp=exp, backend=backend, dp_size=dp_size, since=t_window,
+                                 iterations=it_window, nonfinite=nonfinite_sum, sharded_grads=sharded_grads)
+            last_loss = record["loss"]
             nonfinite_sum = torch.zeros((), device=world.device)
-            if len(first_losses) < 10:
-                first_losses.append(last_loss)
             logger.log(record)
             t_window, it_window = time.perf_counter(), 0
         if iteration % exp.save_iter == 0 or (iteration == exp.max_iter and exp.save_at_end):
