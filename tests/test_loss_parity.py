@@ -245,7 +245,7 @@ def test_coarse_upstream_logs_warn_when_rounding_exceeds_the_tolerance(tmp_path)
 
 def test_plot_is_a_real_png(tmp_path):
     pytest.importorskip("matplotlib")
-    from cosmos_hal.parity_plot import write_plot
+    from cosmos_hal.parity.plot import write_plot
 
     lb = fresh_curve(80)
     la = {i: v * (1 + 1e-4 * math.sin(i)) for i, v in lb.items()}

@@ -6,7 +6,7 @@
 
 Exit code: 0 pass, 1 fail, 2 bad input (unreadable run, no loss lines, no shared steps,
 a training run that failed). Formats and the exact pass rule: docs/parity.md and
-cosmos_hal/parity.py.
+cosmos_hal/parity/.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ try:
 except ImportError:  # a checkout that was never pip-installed: reading logs needs nothing else
     sys.path.insert(0, REPO)
     from cosmos_hal import parity
-from cosmos_hal.parity_plot import PlotUnavailableError, have_matplotlib, write_plot
+from cosmos_hal.parity.plot import PlotUnavailableError, have_matplotlib, write_plot
 
 EPILOG = """\
 formats (auto-detected; --format forces one for both runs):

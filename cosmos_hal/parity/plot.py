@@ -1,6 +1,6 @@
 """The loss-parity picture: both loss curves on top, their relative difference below.
 
-Kept apart from cosmos_hal.parity so reading and judging logs never needs matplotlib (an
+Kept apart from logs.py and compare.py so reading and judging logs never needs matplotlib (an
 optional dependency: the ``plot`` and ``test`` extras). Uses the Agg canvas directly, so no
 display and no global pyplot state are involved.
 """
@@ -8,6 +8,8 @@ display and no global pyplot state are involved.
 from __future__ import annotations
 
 import math
+import os
+import re
 from typing import Any
 
 from cosmos_hal.fileio import written_atomically
@@ -23,6 +25,13 @@ def have_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def default_plot_path(path_a: str, label_a: str, label_b: str) -> str:
+    """Next to A (in its folder) when writable, else in the current directory."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"loss_parity_{label_a}_vs_{label_b}.png")
+    folder = os.path.dirname(os.path.abspath(path_a))
+    return os.path.join(folder if os.access(folder, os.W_OK) else os.getcwd(), name)
 
 
 def write_plot(report: dict[str, Any], path: str) -> str:
