@@ -17,11 +17,13 @@ PIPELINE_SUBFOLDERS = ("transformer", "vae", "text_encoder", "tokenizer", "sched
 NVIDIA_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
-def check_size(height: int, width: int, num_frames: int | None) -> None:
-    """Raise unless the Wan VAE and the DiT can take this size.
+def check_size(height: int, width: int, num_frames: int | None, temporal_factor: int = TEMPORAL_FACTOR,
+               vae: str = "Wan VAE") -> None:
+    """Raise unless the VAE and the DiT can take this size.
 
-    ``num_frames`` None means an image (Text2Image). Video needs 4k+1 frames: the VAE keeps
-    the first frame and compresses every following 4 into one latent frame.
+    ``num_frames`` None means an image (Text2Image). Video needs 4k+1 frames (Wan VAE; 8k+1 for
+    Predict1's Cosmos 1.0 VAE, ``temporal_factor`` 8): the VAE keeps the first frame and
+    compresses every following 4 (8) into one latent frame.
     """
     for name, value in (("--height", height), ("--width", width)):
         if value <= 0 or value % SPATIAL_MULTIPLE:
@@ -30,11 +32,12 @@ def check_size(height: int, width: int, num_frames: int | None) -> None:
                 f"{name} {value} is not a positive multiple of {SPATIAL_MULTIPLE} (8x VAE downsampling "
                 f"times the DiT's 2x2 patch); use e.g. {lower} or {lower + SPATIAL_MULTIPLE}"
             )
-    if num_frames is not None and (num_frames < 1 or (num_frames - 1) % TEMPORAL_FACTOR):
-        k = max(0, (num_frames - 1) // TEMPORAL_FACTOR)
+    f = temporal_factor
+    if num_frames is not None and (num_frames < 1 or (num_frames - 1) % f):
+        k = max(0, (num_frames - 1) // f)
         raise InferenceInputError(
-            f"--num_frames {num_frames} is not of the form 4k+1 (the Wan VAE encodes the first frame "
-            f"alone and then 4 frames per latent frame); use e.g. {4 * k + 1} or {4 * (k + 1) + 1}"
+            f"--num_frames {num_frames} is not of the form {f}k+1 (the {vae} encodes the first frame "
+            f"alone and then {f} frames per latent frame); use e.g. {f * k + 1} or {f * (k + 1) + 1}"
         )
 
 

@@ -1,5 +1,6 @@
-"""``python -m cosmos_hal infer video2world|text2image`` (and tools/infer.py): flags -> a
-loaded pipeline -> files. The logic lives in the modules next to this one."""
+"""``python -m cosmos_hal infer video2world|text2world|text2image`` (and tools/infer.py): flags
+-> a loaded pipeline -> files. The logic lives in the modules next to this one; which model
+generation (Predict1 or Predict2) a model is, infer/family.py decides."""
 
 from __future__ import annotations
 
@@ -10,10 +11,10 @@ from pathlib import Path
 
 from cosmos_hal.backend import BACKEND_MODULES
 
-DEFAULT_SIZE = {"video2world": (704, 1280), "text2image": (768, 1360)}
-DEFAULT_OUT = {"video2world": "output.mp4", "text2image": "output.png"}
+DEFAULT_SIZE = {"video2world": (704, 1280), "text2world": (704, 1280), "text2image": (768, 1360)}
+DEFAULT_OUT = {"video2world": "output.mp4", "text2world": "output.mp4", "text2image": "output.png"}
 DEFAULT_BATCH_OUT = "outputs"
-TASKS = ("video2world", "text2image")
+TASKS = ("video2world", "text2world", "text2image")
 
 
 def _common(p: argparse.ArgumentParser, task: str) -> None:
@@ -21,11 +22,18 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--model", required=True,
                    help="diffusers pipeline folder (transformer/ vae/ text_encoder/ tokenizer/ scheduler/), "
                         "or an NVIDIA checkpoint .pt (then also --vae_path and --text_encoder_path)")
-    g.add_argument("--vae_path", default=None, help="Wan 2.1 VAE folder (diffusers AutoencoderKLWan); overrides the model's")
+    g.add_argument("--vae_path", default=None,
+                   help="VAE folder overriding the model's: Wan 2.1 (diffusers AutoencoderKLWan) for Predict2, "
+                        "Cosmos 1.0 CV8x8x8 (AutoencoderKLCosmos) for Predict1")
     g.add_argument("--text_encoder_path", default=None,
                    help="T5 folder (encoder config.json + tokenizer, or text_encoder/ + tokenizer/ subfolders)")
     g.add_argument("--preset", default=None,
-                   help="DiT shape of a .pt checkpoint (default predict2-2b / predict2-2b-t2i; e.g. predict2-14b)")
+                   help="DiT shape of a .pt checkpoint (default predict2-2b / predict2-2b-t2i, for Predict1 "
+                        "predict1-7b-text2world / predict1-7b-video2world; e.g. predict2-14b, predict1-14b)")
+    g.add_argument("--family", choices=["predict1", "predict2"], default=None,
+                   help="model generation: Predict1 (Cosmos 1.0) or Predict2/2.5. Default: read from a model "
+                        "folder (its pipeline class, or transformer config extra_pos_embed_type=learnable = "
+                        "Predict1); for a .pt from --preset, else predict1 for text2world, predict2 otherwise")
     g.add_argument("--ema", action="store_true", help="NVIDIA training checkpoints: use the net_ema.* weights")
     g.add_argument("--lora", "--lora_dir", action="extend", nargs="+", default=[], metavar="PATH[:SCALE]",
                    help="LoRA/DoRA/LoKr adapter folder or pytorch_lora_weights.safetensors (LyCORIS LoKr too), "
@@ -46,7 +54,7 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--sampler", choices=["upstream", "diffusers"], default=None,
                    help="upstream (default for Predict2): cosmos-predict2's 2nd-order multistep sampler with a final "
                         "clean pass, num_steps+1 model calls; diffusers: the pipeline's first-order Euler "
-                        "(Predict2.5 always uses its own scheduler)")
+                        "(Predict2.5 and Predict1 always use their own scheduler: UniPC, EDM Euler)")
     g.add_argument("--guidance", type=float, default=7.0, help="classifier-free guidance scale; <= 1 disables it")
     g.add_argument("--seed", type=int, default=0, help="noise seed; same seed, same noise on every backend")
     g.add_argument("--height", type=int, default=h, help=f"output height, a multiple of 16 (default {h})")
@@ -76,8 +84,9 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``infer`` with its ``video2world`` and ``text2image`` commands to ``subparsers``."""
-    infer = subparsers.add_parser("infer", help="generate videos (video2world) or images (text2image)",
-                                  description="Cosmos-Predict2 generation with diffusers' pipelines on cosmos_hal.")
+    infer = subparsers.add_parser("infer", help="generate videos (video2world, text2world) or images (text2image)",
+                                  description="Cosmos-Predict2 and Cosmos-Predict1 generation with diffusers' "
+                                              "pipelines on cosmos_hal.")
     tasks = infer.add_subparsers(dest="task", metavar="TASK")
     tasks.required = True
 
@@ -88,22 +97,34 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("video")
     g.add_argument("--image", default=None, help="conditioning image (first frame)")
     g.add_argument("--video", default=None, help="conditioning video (its last --num_conditional_frames condition)")
-    g.add_argument("--num_conditional_frames", type=int, choices=[1, 5], default=None,
-                   help="pixel frames to condition on, taken from the end of --video: 1 or 5 (1 or 2 latent "
-                        "frames, as Predict2 was trained); default 5 for --video, 1 for --image")
+    g.add_argument("--num_conditional_frames", type=int, choices=[1, 5, 9], default=None,
+                   help="pixel frames to condition on, taken from the end of --video: 1 or 5 for Predict2, 1 or 9 "
+                        "for Predict1 (1 or 2 latent frames, as they were trained); default 5 (9) for --video, "
+                        "1 for --image")
     g.add_argument("--batch_dir", "--data_dir", default=None,
                    help="folder of NAME.png + NAME.txt pairs; writes --out/NAME.mp4 for each")
     g.add_argument("--skip_existing", action="store_true", help="batch mode: keep mp4s that already exist")
-    g.add_argument("--num_frames", "--num_output_frames", type=int, default=93,
-                   help="frames to generate, 4k+1 (default 93)")
-    g.add_argument("--fps", type=float, default=16.0, help="frame rate of the mp4 (default 16)")
+    _frames_args(g)
     g.add_argument("--fps_scaling", action="store_true",
-                   help="also scale the temporal RoPE by 24/fps as diffusers does (off by default: NVIDIA's "
-                        "Predict2 checkpoints were trained without it)")
+                   help="Predict2: also scale the temporal RoPE by 24/fps as diffusers does (off by default: "
+                        "NVIDIA's Predict2 checkpoints were trained without it; Predict1 always scales, as upstream)")
+
+    p = tasks.add_parser("text2world", help="a video from a prompt (Cosmos-Predict1)",
+                         description="Text2World (Cosmos-Predict1 / Cosmos 1.0): a video from a prompt.")
+    _common(p, "text2world")
+    _frames_args(p.add_argument_group("video"))
 
     p = tasks.add_parser("text2image", help="an image from a prompt", description="Text2Image generation.")
     _common(p, "text2image")
     return infer
+
+
+def _frames_args(g) -> None:
+    g.add_argument("--num_frames", "--num_output_frames", "--num_video_frames", type=int, default=None,
+                   help="frames to generate: 4k+1 for Predict2 (default 93), 8k+1 for Predict1 (default 121)")
+    g.add_argument("--fps", type=float, default=None,
+                   help="frame rate of the mp4 (default 16 for Predict2, 24 for Predict1, where it also sets "
+                        "the DiT's temporal RoPE as upstream does)")
 
 
 def build_parser(prog: str = "python -m cosmos_hal") -> argparse.ArgumentParser:
@@ -134,14 +155,21 @@ def _check_args(args) -> None:
     from cosmos_hal.infer.adapters import lora_file, parse_lora_arg
     from cosmos_hal.infer.errors import InferenceInputError
 
-    video = args.task == "video2world"
-    checks.check_size(args.height, args.width, args.num_frames if video else None)
+    from cosmos_hal.infer.family import DEFAULTS, detect_family
+
+    video = args.task != "text2image"
+    model = checks.check_model_source(args.model, args.vae_path, args.text_encoder_path)
+    args.family = detect_family(args.task, model, args.preset, args.family)
+    family = DEFAULTS[args.family]
+    if video:
+        args.num_frames = family.num_frames if args.num_frames is None else args.num_frames
+        args.fps = family.fps if args.fps is None else args.fps
+    checks.check_size(args.height, args.width, args.num_frames if video else None, family.temporal_factor, family.vae)
     if args.num_steps < 1:
         raise InferenceInputError(f"--num_steps {args.num_steps}: must be at least 1")
-    if video and getattr(args, "fps", 1) <= 0:
+    if video and args.fps <= 0:
         raise InferenceInputError(f"--fps {args.fps}: must be positive")
-    checks.check_model_source(args.model, args.vae_path, args.text_encoder_path)
-    batch = video and args.batch_dir is not None
+    batch = getattr(args, "batch_dir", None) is not None
     _resolve_output_folder(args, batch)
     if args.out is None:
         args.out = DEFAULT_BATCH_OUT if batch else DEFAULT_OUT[args.task]
@@ -166,10 +194,12 @@ def _check_args(args) -> None:
 def _request(args):
     from cosmos_hal.infer import checks
     from cosmos_hal.infer.conditioning import conditioned_latent_frames, load_conditioning, pixel_frames
+    from cosmos_hal.infer.family import DEFAULTS
     from cosmos_hal.infer.generate import Request
 
-    video = args.task == "video2world"
-    batch = video and args.batch_dir is not None
+    video = args.task != "text2image"
+    batch = getattr(args, "batch_dir", None) is not None
+    family = DEFAULTS[args.family]
     req = Request(
         prompt="" if batch else checks.read_prompt(args.prompt, args.prompt_file),
         negative_prompt=checks.prompt_text(args.negative_prompt, "--negative_prompt"),
@@ -181,9 +211,11 @@ def _request(args):
     )
     if video:
         req.num_frames, req.fps = args.num_frames, args.fps
-        if not batch:
-            req.conditioning = load_conditioning(args.image, args.video, args.num_conditional_frames)
-            conditioned_latent_frames(pixel_frames(req.conditioning), req.num_frames)  # before the model loads
+        if args.task == "video2world" and not batch:
+            req.conditioning = load_conditioning(args.image, args.video, args.num_conditional_frames,
+                                                 choices=family.conditional_frames, model=args.family.capitalize())
+            conditioned_latent_frames(pixel_frames(req.conditioning), req.num_frames,  # before the model loads
+                                      family.temporal_factor)
     return req
 
 
@@ -202,7 +234,7 @@ def run(args) -> list[Path]:
         preset=args.preset, ema=args.ema, dtype=args.dtype, processor=args.processor,
         fps_scaling=getattr(args, "fps_scaling", False), offload=args.offload, guardrail=args.guardrail,
         loras=[parse_lora_arg(t) for t in args.lora], fuse_lora=args.fuse_lora,
-        sampler=args.sampler,
+        sampler=args.sampler, family=args.family,
     )
     pipe = load_pipeline(opts, backend)
     if args.task == "video2world" and args.batch_dir is not None:
@@ -212,6 +244,8 @@ def run(args) -> list[Path]:
     if args.task == "video2world":
         frames = generate.video2world(pipe, req)
         return [generate.write_output(args.out, frames, req.fps)]
+    if args.task == "text2world":
+        return [generate.write_output(args.out, generate.text2world(pipe, req), req.fps)]
     return [generate.write_output(args.out, generate.text2image(pipe, req), 0)]
 
 
@@ -240,7 +274,7 @@ def cli(argv=None, prog: str = "python -m cosmos_hal") -> int:
     """Parse ``infer ...`` argv and run it (tools/infer.py and tests call this)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["infer"] and len(argv) > 1 and argv[1] not in TASKS and argv[1] not in ("-h", "--help"):
-        print(f"{prog}: the task comes first: {prog} video2world|text2image ... (got '{argv[1]}'). NVIDIA's "
+        print(f"{prog}: the task comes first: {prog} video2world|text2world|text2image ... (got '{argv[1]}'). NVIDIA's "
               f"'scripts/hf_video2world.py OUTPUT_DIR --prompt P.txt ...' is '{prog} video2world OUTPUT_DIR --model DIR "
               f"--prompt P.txt ...', hf_text2image.py is '{prog} text2image ...', and diffusers' "
               f"eval_cosmos_predict25_lora.py is '{prog} video2world --model DIR --data_dir ...'", file=sys.stderr)

@@ -10,6 +10,8 @@ output length, so a whole clip would be re-encoded rather than continued. Predic
 trained with 1 or 2 conditioning latent frames; upstream cosmos-predict2 1.0.9
 (pipelines/video2world.py ``read_and_process_video``) takes the last
 ``num_conditional_frames`` = 1 or 5 pixel frames and refuses a shorter clip. So do we.
+Predict1 (Cosmos 1.0 VAE, 8x temporal compression) takes 1 or 9 pixel frames, the same 1 or
+2 latent frames (``choices=(1, 9)``, see infer/family.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from cosmos_hal.infer.errors import InferenceInputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 CONDITIONAL_FRAMES = (1, 5)  # pixel frames = 1 or 2 latent frames
-DEFAULT_VIDEO_CONDITIONAL_FRAMES = 5
 
 
 def load_image(path, flag: str = "--image"):
@@ -57,14 +58,16 @@ def load_video(path, flag: str = "--video", num_conditional_frames: int | None =
     return [Image.fromarray(f) for f in frames]
 
 
-def conditional_frames(num_conditional_frames: int | None, *, video: bool) -> int:
-    """The checked pixel-frame count: 1 or 5 (default 5 for a video, 1 for an image)."""
+def conditional_frames(num_conditional_frames: int | None, *, video: bool,
+                       choices: tuple[int, int] = CONDITIONAL_FRAMES, model: str = "Predict2") -> int:
+    """The checked pixel-frame count: one of ``choices`` (1 or 5; default: the larger for a
+    video, 1 for an image)."""
     if num_conditional_frames is None:
-        return DEFAULT_VIDEO_CONDITIONAL_FRAMES if video else 1
-    if num_conditional_frames not in CONDITIONAL_FRAMES:
+        return max(choices) if video else 1
+    if num_conditional_frames not in choices:
         raise InferenceInputError(
-            f"--num_conditional_frames {num_conditional_frames}: choose 1 or 5 (pixel frames, i.e. 1 or 2 "
-            "latent frames, what Predict2 was trained with)")
+            f"--num_conditional_frames {num_conditional_frames}: choose {choices[0]} or {choices[1]} (pixel "
+            f"frames, i.e. 1 or 2 latent frames, what {model} was trained with)")
     if not video and num_conditional_frames != 1:
         raise InferenceInputError(
             f"--num_conditional_frames {num_conditional_frames} needs a video (an image is one frame); "
@@ -92,14 +95,15 @@ def pixel_frames(conditioning: dict) -> int:
     return len(conditioning["video"]) if "video" in conditioning else 1
 
 
-def load_conditioning(image=None, video=None, num_conditional_frames: int | None = None) -> dict:
+def load_conditioning(image=None, video=None, num_conditional_frames: int | None = None, *,
+                      choices: tuple[int, int] = CONDITIONAL_FRAMES, model: str = "Predict2") -> dict:
     """``{"image": PIL}`` or ``{"video": [PIL] * n}`` for the pipeline call (exactly one input),
-    n = ``num_conditional_frames`` (1 or 5; default 5 for a video, 1 for an image)."""
+    n = ``num_conditional_frames`` (one of ``choices``, 1 or 5; default 5 for a video, 1 for an image)."""
     if image is not None and video is not None:
         raise InferenceInputError("give either --image or --video as the conditioning input, not both")
     if image is None and video is None:
         raise InferenceInputError("video2world needs a conditioning input: pass --image FILE or --video FILE")
-    n = conditional_frames(num_conditional_frames, video=video is not None)
+    n = conditional_frames(num_conditional_frames, video=video is not None, choices=choices, model=model)
     if image is not None:
         return {"image": load_image(image)}
     return {"video": load_video(video, num_conditional_frames=n)}

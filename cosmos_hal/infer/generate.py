@@ -2,7 +2,10 @@
 written atomically.
 
 Why pass ``latents=``: the pipelines would otherwise draw the initial noise with the
-device's generator, which differs between CPU, CUDA and NPU for the same seed.
+device's generator, which differs between CPU, CUDA and NPU for the same seed. Predict1's
+Video2World pipeline also draws, every step, the conditioning-augmentation noise (sigma 0.001)
+from ``generator``; a CPU ``torch.Generator`` makes diffusers' ``randn_tensor`` draw it on the
+CPU and move it, so it too is the same on every backend.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 
 from cosmos_hal.infer import noise, rope_fps
 from cosmos_hal.infer.conditioning import conditioned_latent_frames, pixel_frames
+from cosmos_hal.infer.family import PREDICT1_PIPELINES
 from cosmos_hal.infer.loader import PREDICT25_PIPELINE
 
 log = logging.getLogger(__name__)
@@ -82,10 +86,26 @@ def video2world(pipe, req: Request) -> np.ndarray:
         if "video" in req.conditioning:  # it slices the clip itself, 2 latent frames by default
             kwargs["num_latent_conditional_frames"] = cond
     else:  # Predict2.5's pipeline takes no fps
+        if type(pipe).__name__ in PREDICT1_PIPELINES.values():
+            kwargs["generator"] = cpu_generator(req)
         # Without --fps_scaling the transformer ignores it (rope_fps); either way it is logged.
         kwargs["fps"] = req.fps
         log.info("temporal RoPE scale %.3g (fps %s)", rope_fps.temporal_rope_scale(pipe.transformer, req.fps), req.fps)
     out = pipe(**kwargs)
+    return _to_uint8(out.frames[0])
+
+
+def cpu_generator(req: Request):
+    """A CPU generator for the draws a pipeline makes itself (see module doc), keyed by seed and index."""
+    import torch
+
+    return torch.Generator(device="cpu").manual_seed(int(req.seed) * 1_000_003 + int(req.index))
+
+
+def text2world(pipe, req: Request) -> np.ndarray:
+    """Predict1 Text2World: (T, H, W, 3) uint8 frames; fps reaches the DiT's temporal RoPE as upstream."""
+    log.info("temporal RoPE scale %.3g (fps %s)", rope_fps.temporal_rope_scale(pipe.transformer, req.fps), req.fps)
+    out = pipe(**_pipe_kwargs(pipe, req, image=False), num_frames=req.num_frames, fps=req.fps)
     return _to_uint8(out.frames[0])
 
 

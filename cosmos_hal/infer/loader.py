@@ -10,6 +10,12 @@ mismatches); everything else is diffusers' own loading.
 Predict2.5 folders (``model_index.json`` naming ``Cosmos2_5_PredictBasePipeline``) load
 diffusers' Predict2.5 pipeline; its image-context attention is not used by that pipeline, so
 the cosmos_hal processor applies as well.
+
+Predict1 (Cosmos 1.0, see infer/family.py) loads diffusers' ``CosmosTextToWorldPipeline`` /
+``CosmosVideoToWorldPipeline`` with their ``EDMEulerScheduler`` (the only sampler they take)
+and keeps diffusers' fps-modulated temporal RoPE, which upstream cosmos-predict1 uses too
+(``VideoRopePosition3DEmb``: positions / fps * base_fps 24, ``cosmos_predict1/diffusion/module/
+position_embedding.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import torch
 
 from cosmos_hal.infer import checks, guardrail, rope_fps
 from cosmos_hal.infer.errors import InferenceInputError
+from cosmos_hal.infer.family import PREDICT1_PIPELINES, detect_family
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +44,12 @@ PIPELINE_TASKS = {
     "Cosmos2VideoToWorldPipeline": "video2world",
     "Cosmos2TextToImagePipeline": "text2image",
     PREDICT25_PIPELINE: "video2world",
+    **{name: task for task, name in PREDICT1_PIPELINES.items()},
 }
-DEFAULT_PRESETS = {"video2world": "predict2-2b", "text2image": "predict2-2b-t2i"}
+DEFAULT_PRESETS = {
+    ("predict2", "video2world"): "predict2-2b", ("predict2", "text2image"): "predict2-2b-t2i",
+    ("predict1", "video2world"): "predict1-7b-video2world", ("predict1", "text2world"): "predict1-7b-text2world",
+}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -59,7 +70,8 @@ class LoadOptions:
     guardrail: bool = False
     loras: list = field(default_factory=list)  # adapters.LoraSpec, loaded before placement
     fuse_lora: bool = False
-    sampler: str | None = None  # upstream | diffusers; None: upstream (Predict2), the pipeline's own (2.5)
+    sampler: str | None = None  # upstream | diffusers; None: upstream (Predict2), the pipeline's own (2.5, 1)
+    family: str | None = None  # predict1 | predict2; None: infer/family.py decides it from the model
 
 
 def resolve_dtype(name: str | None, backend) -> torch.dtype:
@@ -76,17 +88,18 @@ def resolve_dtype(name: str | None, backend) -> torch.dtype:
     return dtype
 
 
-def pipeline_class_name(model: Path, task: str) -> str:
+def pipeline_class_name(model: Path, task: str, family: str = "predict2") -> str:
     """The pipeline class for ``task``; a folder's model_index.json may name Predict2.5's."""
-    if task not in TASK_PIPELINES:
-        raise InferenceInputError(f"unknown task {task!r}; choose video2world or text2image")
+    pipelines = PREDICT1_PIPELINES if family == "predict1" else TASK_PIPELINES
+    if task not in pipelines:
+        raise InferenceInputError(f"unknown {family} task {task!r}; choose {' or '.join(pipelines)}")
     index = model / "model_index.json" if model.is_dir() else None
     if index is None or not index.is_file():
-        return TASK_PIPELINES[task]
+        return pipelines[task]
     name = json.loads(index.read_text()).get("_class_name", "")
     if name not in PIPELINE_TASKS:
-        log.warning("%s names pipeline %r; using %s", index, name, TASK_PIPELINES[task])
-        return TASK_PIPELINES[task]
+        log.warning("%s names pipeline %r; using %s", index, name, pipelines[task])
+        return pipelines[task]
     if PIPELINE_TASKS[name] != task:
         raise InferenceInputError(
             f"--model {model} is a {name} ({PIPELINE_TASKS[name]}) but you asked for {task}; "
@@ -106,7 +119,7 @@ def build_dit(opts: LoadOptions, model: Path, dtype, device):
     from cosmos_hal.models.dit import build_transformer
 
     if model.is_file():
-        preset = opts.preset or DEFAULT_PRESETS[opts.task]
+        preset = opts.preset or DEFAULT_PRESETS[opts.family, opts.task]
         transformer = build_transformer(preset, weights=model, ema=opts.ema, dtype=dtype, device=device,
                                         install_hal_processor=opts.processor == "hal")
     else:
@@ -117,7 +130,8 @@ def build_dit(opts: LoadOptions, model: Path, dtype, device):
     needs_mask = opts.task == "video2world"
     cfg = transformer.config
     if needs_mask != (cfg.in_channels == cfg.out_channels + 1):
-        kind = "Video2World (in_channels = out_channels + 1)" if needs_mask else "Text2Image (in_channels = out_channels)"
+        kind = ("Video2World (in_channels = out_channels + 1)" if needs_mask
+                else f"{opts.task} (in_channels = out_channels)")
         raise InferenceInputError(
             f"--model {model}: the DiT has in_channels={cfg.in_channels}, out_channels={cfg.out_channels}, "
             f"but {opts.task} needs a {kind} model"
@@ -145,11 +159,17 @@ def load_text_encoder(path: Path, dtype):
     return T5EncoderModel.from_pretrained(enc, dtype=dtype), AutoTokenizer.from_pretrained(tok)
 
 
-def default_scheduler():
-    """Cosmos-Predict2's sampler, as diffusers' conversion script saves it (the pipelines add
-    sigma_max 80, sigma_min 0.002, sigma_data 1 to its config)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+def default_scheduler(family: str = "predict2"):
+    """The sampler diffusers' conversion script saves with the pipeline: Predict2's flow-matching
+    Euler (the pipelines add sigma_max 80, sigma_min 0.002, sigma_data 1 to its config), or
+    Predict1's EDM Euler (``save_pipeline_cosmos_1_0``: Karras sigmas 0.002 ... 80, rho 7,
+    sigma_data 0.5, epsilon prediction)."""
+    from diffusers import EDMEulerScheduler, FlowMatchEulerDiscreteScheduler
 
+    if family == "predict1":
+        return EDMEulerScheduler(sigma_min=0.002, sigma_max=80, sigma_data=0.5, sigma_schedule="karras",
+                                 num_train_timesteps=1000, prediction_type="epsilon", rho=7.0,
+                                 final_sigmas_type="sigma_min")
     return FlowMatchEulerDiscreteScheduler(use_karras_sigmas=True)
 
 
@@ -183,7 +203,9 @@ def load_pipeline(opts: LoadOptions, backend=None):
     model = checks.check_model_source(opts.model, opts.vae_path, opts.text_encoder_path)
     dtype = resolve_dtype(opts.dtype, backend)
     device = backend.device(0)
-    name = pipeline_class_name(model, opts.task)
+    if opts.family is None:
+        opts.family = detect_family(opts.task, model, opts.preset)
+    name = pipeline_class_name(model, opts.task, opts.family)
     sampler = resolve_sampler(name, opts.sampler)
     cls = _pipeline_class(name)
     checker = guardrail.safety_checker(opts.guardrail)
@@ -202,7 +224,7 @@ def load_pipeline(opts: LoadOptions, backend=None):
         components["text_encoder"], components["tokenizer"] = load_text_encoder(Path(opts.text_encoder_path), dtype)
 
     if model.is_file():
-        components.setdefault("scheduler", default_scheduler())
+        components.setdefault("scheduler", default_scheduler(opts.family))
         pipe = cls(**components)
     else:
         pipe = cls.from_pretrained(model, dtype=dtype, **components)
@@ -210,7 +232,7 @@ def load_pipeline(opts: LoadOptions, backend=None):
     pipe.text_encoder.eval().requires_grad_(False)
     use_posterior_mean(pipe.vae)
     use_sampler(pipe, sampler)
-    if not opts.fps_scaling:
+    if not opts.fps_scaling and opts.family == "predict2":  # Predict1 was trained with it (module doc)
         rope_fps.disable_fps_scaling(pipe.transformer)
     if opts.loras:  # before offload hooks or device moves are attached
         from cosmos_hal.infer.adapters import load_loras
@@ -235,12 +257,12 @@ def resolve_sampler(pipeline_name: str, sampler: str | None) -> str:
 
     if sampler is not None:
         check_sampler(sampler)
-    if pipeline_name != PREDICT25_PIPELINE:
+    own = {PREDICT25_PIPELINE: "a Predict2.5 model samples with its own UniPC scheduler"}
+    own.update({p: "a Predict1 model samples with its own EDM Euler scheduler" for p in PREDICT1_PIPELINES.values()})
+    if pipeline_name not in own:
         return sampler or DEFAULT_SAMPLER
     if sampler not in (None, "diffusers"):
-        raise InferenceInputError(
-            f"--sampler {sampler}: a Predict2.5 model samples with its own UniPC scheduler; "
-            "drop --sampler or pass --sampler diffusers")
+        raise InferenceInputError(f"--sampler {sampler}: {own[pipeline_name]}; drop --sampler or pass --sampler diffusers")
     return "diffusers"
 
 

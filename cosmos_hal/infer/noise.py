@@ -17,9 +17,13 @@ STREAM = "init_latents"
 
 
 def latent_shape(vae_config, transformer_config, *, height: int, width: int, num_frames: int, batch: int = 1):
-    """(B, C, T, H, W) of the DiT's noise for a video of ``num_frames`` x ``height`` x ``width``."""
-    temporal = 2 ** sum(vae_config.temperal_downsample)
-    spatial = 2 ** len(vae_config.temperal_downsample)
+    """(B, C, T, H, W) of the DiT's noise for a video of ``num_frames`` x ``height`` x ``width``
+    (Wan VAE config, or the Cosmos 1.0 VAE's with its compression ratios)."""
+    if hasattr(vae_config, "temporal_compression_ratio"):  # AutoencoderKLCosmos (Predict1)
+        temporal, spatial = vae_config.temporal_compression_ratio, vae_config.spatial_compression_ratio
+    else:
+        temporal = 2 ** sum(vae_config.temperal_downsample)
+        spatial = 2 ** len(vae_config.temperal_downsample)
     channels = transformer_config.out_channels
     return (batch, channels, (num_frames - 1) // temporal + 1, height // spatial, width // spatial)
 

@@ -129,7 +129,7 @@ def read_diffusers_dir(path) -> dict:
     return state
 
 
-def _training_checkpoint_weights(path: Path) -> Path:
+def training_checkpoint_weights(path: Path) -> Path:
     """A cosmos_hal training checkpoint folder (``iter_NNNNNNNNN/``) stands for its ``model.pt``;
     a sharded one (torch.distributed.checkpoint's ``.metadata``) is refused with the command
     that converts it."""
@@ -225,7 +225,7 @@ def _read(weights, ema: bool) -> tuple[dict, str | None]:
             raise FileNotFoundError(
                 f"weights not found: {path} (give a diffusers folder, a .safetensors file or an NVIDIA .pt checkpoint)"
             )
-        path = _training_checkpoint_weights(path)
+        path = training_checkpoint_weights(path)
         if path.is_dir():
             state = read_diffusers_dir(path)
         elif path.suffix == ".safetensors":
@@ -281,6 +281,12 @@ def load_transformer_weights(model, weights, *, ema: bool = False, dtype=None, d
     """Load ``weights`` into ``model`` (meta or real) after checking that they fit exactly."""
     source = "state dict" if isinstance(weights, dict) else os.fspath(weights)
     state, upstream = _read(weights, ema)
+    model_family = "predict1" if getattr(model.config, "extra_pos_embed_type", None) == "learnable" else "predict2"
+    if upstream and upstream != model_family:
+        raise CheckpointMismatchError(source, [], [], [], hint=(
+            f"  it is a cosmos-{upstream} checkpoint and the model a {model_family} DiT: choose a {upstream} preset "
+            f"(e.g. --preset {'predict1-7b-video2world' if upstream == 'predict1' else 'predict2-2b'}"
+            f"{', or --family predict1' if upstream == 'predict1' else ''})"))
     model_state = model.state_dict()
     check_fit({k: v.shape for k, v in model_state.items()}, state, source, upstream=upstream)
     device = torch.device(device) if device is not None else None
