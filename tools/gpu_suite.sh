@@ -9,6 +9,11 @@
 #                                            # (SHAPES=93x432x768, DEVICES=0,1 runs jobs side by side)
 #   bash tools/gpu_suite.sh memory_test      # ac_mode=auto with another process holding the GPU
 #   bash tools/gpu_suite.sh multigpu         # tests/test_multigpu.py on two GPUs (NCCL)
+#   bash tools/gpu_suite.sh cp_bench         # context_parallel=2 vs each GPU its own sample, 93x704x1280,
+#                                            # two GPUs, with a profile of two CP steps (about 7 minutes)
+#   bash tools/gpu_suite.sh memory_measure   # issue 18: predict2-14b blocks at 93x704x1280 under an 80 GiB
+#                                            # cap, 2B full/LoRA r32 at 93x432x768 via train.sh under 24/40
+#                                            # GiB and uncapped, then tools/plan_14b.py on it (~8 minutes)
 # Results go to $OUT (default ./gpu_results). Several parts may be given in one call.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -97,6 +102,34 @@ multigpu() {  # DDP, FSDP2, context_parallel=2 and a two-node launch equal one p
     nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader >"$OUT/gpu_apps_after.txt" 2>&1
 }
 
+cp_bench() {  # issue 19 point 2: CP samples/s over DP samples/s on the same two GPUs (goal >= 85 %)
+    # CP_BEFORE=<git rev>: also the CP run from that commit (a worktree; a few minutes more, so a call of its own)
+    local before=()
+    if [ -n "${CP_BEFORE:-}" ]; then
+        rm -rf /tmp/cp_before
+        git worktree add --detach /tmp/cp_before "$CP_BEFORE" >/dev/null 2>&1 \
+            && ln -sfn ../backends /tmp/cp_before/cosmos_hal/backends && before=(--before-repo /tmp/cp_before)
+    fi
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step cp_bench "${CP_TIMEOUT:-570}" $PY tools/bench_context_parallel.py \
+        --shape "${CP_SHAPE:-93x704x1280}" --nproc 2 --cp 2 --warmup "${WARMUP:-3}" --steady "${ITERS:-5}" \
+        --timeout-s "${JOB_TIMEOUT:-275}" --work /tmp/cp_runs ${before[@]+"${before[@]}"} --out "$OUT/cp_bench.json" \
+        --md "$OUT/cp_bench.md"
+    cp /tmp/cp_runs/cp2/profile/summary_rank*.json "$OUT/" 2>/dev/null
+    gzip -c /tmp/cp_runs/cp2/profile/trace_rank0.json >"$OUT/cp2_trace_rank0.json.gz" 2>/dev/null
+    (cd /tmp/cp_runs && find . \( -name '*.log' -o -name '*.jsonl' \) -print0 \
+        | tar -czf "$OUT/cp_bench_logs.tgz" --null -T -) 2>/dev/null
+}
+
+memory_measure() {  # per-block memory/time (about 1 minute), then six train.sh runs within 6 minutes
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step memory_measure "${MEMORY_MEASURE_TIMEOUT:-500}" \
+        $PY tools/measure_memory.py --time-budget-s "${RUNS_BUDGET_S:-380}" --run-timeout-s "${RUN_TIMEOUT_S:-90}" \
+        ${MEMORY_MEASURE_ARGS:-} --work /tmp/measure_memory_runs --out "$OUT/memory_measure.json" \
+        --md "$OUT/memory_measure.md"
+    step plan_14b 60 $PY tools/plan_14b.py --measured "$OUT/memory_measure.json" --json "$OUT/plan_14b.json"
+    (cd /tmp/measure_memory_runs && find . \( -name '*.log' -o -name '*.jsonl' \) -print0 \
+        | tar -czf "$OUT/memory_measure_logs.tgz" --null -T -) 2>/dev/null
+}
+
 infer_bench() {
     step bench_infer 170 $PY tools/bench_infer.py --json_out "$OUT/bench_infer.json"
     step train_2b_704 200 bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \
@@ -105,12 +138,12 @@ infer_bench() {
     cp /tmp/bench_2b_704/metrics.jsonl "$OUT/train_2b_704_metrics.jsonl" 2>/dev/null
 }
 
-[ $# -gt 0 ] || { sed -n 2,13p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n 2,18p "$0"; exit 2; }
 setup || { echo "setup failed"; exit 1; }
 for part in "$@"; do
     case "$part" in
         setup) ;;
-        check|parity|train_bench|train_bench_704|infer_bench|train_sh_bench|memory_test|multigpu) "$part" ;;
+        check|parity|train_bench|train_bench_704|infer_bench|train_sh_bench|memory_test|multigpu|cp_bench|memory_measure) "$part" ;;
         *) echo "unknown part: $part"; exit 2 ;;
     esac
 done

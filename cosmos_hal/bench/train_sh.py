@@ -64,9 +64,10 @@ def mode_overrides(mode: str, lora_rank: int) -> list[str]:
     raise ValueError(f"mode {mode!r}: choose full or lora")
 
 
-def train_command(repo: str, exp: str, job: Job, *, iters: int, lora_rank: int, extra: list[str]) -> list[str]:
+def train_command(repo: str, exp: str, job: Job, *, iters: int, lora_rank: int, extra: list[str],
+                  nproc: int = 1) -> list[str]:
     frames, height, width = job.shape.split("x")
-    return ["bash", os.path.join(repo, "train.sh"), f"--EXP={exp}", "--nproc_per_node=1",
+    return ["bash", os.path.join(repo, "train.sh"), f"--EXP={exp}", f"--nproc_per_node={nproc}",
             f"output_dir={job.out_dir}", f"max_iter={iters}", "logging_iter=1", f"save_iter={iters + 1}",
             "save_at_end=false", "resume=false", "data.synthetic=true", "data.synthetic_videos=2",
             "data.latent_cache=true", "data.num_workers=1", f"data.num_frames={frames}",

@@ -33,6 +33,7 @@ from cosmos_hal.train.experiments import Experiment, describe, resolve_context_p
 from cosmos_hal.train.metrics import MetricsLogger
 from cosmos_hal.train.optim import build_optimizer
 from cosmos_hal.train.parallelize import apply_fast_attention, parallelize, plan_auto_ac, set_grad_sync
+from cosmos_hal.train.profiling import IterationProfiler
 from cosmos_hal.train.schedule import build_scheduler
 
 log = logging.getLogger("cosmos_hal.train")
@@ -436,7 +437,9 @@ def train(exp: Experiment) -> dict:
                          format=exp.checkpoint.format)
         logger.info(f"saved checkpoint {path}" + (" (sharded)" if exp.checkpoint.format == "sharded" else ""))
 
+    profiler = IterationProfiler.from_env(out_dir, world.rank, backend.synchronize, logger.info)  # COSMOS_HAL_PROFILE
     while iteration < exp.max_iter:
+        profiler.before(iteration + 1)
         metrics = train_step(parts, batches, iteration)
         nonfinite_sum = nonfinite_sum + metrics.nonfinite
         if iteration == start_iteration:  # the first step's memory peak and kernels are known now
@@ -444,6 +447,7 @@ def train(exp: Experiment) -> dict:
                 refine_ac(model, ac_memory, ac_budget, allocated_before, logger)
             logger.info("kernels that ran: " + _chosen_kernels())
         iteration += 1
+        profiler.after(iteration)
         it_window += 1
         logger.step()
 
