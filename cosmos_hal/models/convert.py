@@ -49,21 +49,29 @@ DROPPED_KEYS = frozenset(
 DROPPED_PREFIXES = ("logvar.",)
 
 
-def _pairs() -> list[tuple[str, str]]:
-    """(upstream template, diffusers template); ``{i}`` is a block index."""
+def _outer_pairs(time_norm: str, final_adaln: str) -> list[tuple[str, str]]:
+    """Patch/time embedders, learnable positions and final layer: named alike in both families
+    except the time-embedding norm and the final layer's adaLN (``t_embedding_norm`` /
+    ``adaln_modulation`` in Predict2, ``affline_norm`` / ``adaLN_modulation`` in Predict1)."""
     pairs = [
         ("x_embedder.proj.1.weight", "patch_embed.proj.weight"),
         ("t_embedder.1.linear_1.weight", "time_embed.t_embedder.linear_1.weight"),
         ("t_embedder.1.linear_2.weight", "time_embed.t_embedder.linear_2.weight"),
-        ("t_embedding_norm.weight", "time_embed.norm.weight"),
+        (f"{time_norm}.weight", "time_embed.norm.weight"),
         ("final_layer.linear.weight", "proj_out.weight"),
-        ("final_layer.adaln_modulation.1.weight", "norm_out.linear_1.weight"),
-        ("final_layer.adaln_modulation.2.weight", "norm_out.linear_2.weight"),
+        (f"final_layer.{final_adaln}.1.weight", "norm_out.linear_1.weight"),
+        (f"final_layer.{final_adaln}.2.weight", "norm_out.linear_2.weight"),
+    ]
+    pairs += [(f"extra_pos_embedder.pos_emb_{a}", f"learnable_pos_embed.pos_emb_{a}") for a in ("t", "h", "w")]
+    return pairs
+
+
+def _pairs() -> list[tuple[str, str]]:
+    """(upstream template, diffusers template); ``{i}`` is a block index."""
+    pairs = _outer_pairs("t_embedding_norm", "adaln_modulation") + [
         ("crossattn_proj.0.weight", "crossattn_proj.0.weight"),
         ("crossattn_proj.0.bias", "crossattn_proj.0.bias"),
     ]
-    for axis in ("t", "h", "w"):
-        pairs.append((f"extra_pos_embedder.pos_emb_{axis}", f"learnable_pos_embed.pos_emb_{axis}"))
     for up_attn, hf_attn in (("self_attn", "attn1"), ("cross_attn", "attn2")):
         for up, hf in (
             ("q_proj", "to_q"),
@@ -87,17 +95,7 @@ _P1_BLOCK = "blocks.block{i}.blocks."
 
 def _pairs_predict1() -> list[tuple[str, str]]:
     """(upstream GeneralDIT template, diffusers template) for Predict1 / Cosmos 1.0."""
-    pairs = [
-        ("x_embedder.proj.1.weight", "patch_embed.proj.weight"),
-        ("t_embedder.1.linear_1.weight", "time_embed.t_embedder.linear_1.weight"),
-        ("t_embedder.1.linear_2.weight", "time_embed.t_embedder.linear_2.weight"),
-        ("affline_norm.weight", "time_embed.norm.weight"),
-        ("final_layer.linear.weight", "proj_out.weight"),
-        ("final_layer.adaLN_modulation.1.weight", "norm_out.linear_1.weight"),
-        ("final_layer.adaLN_modulation.2.weight", "norm_out.linear_2.weight"),
-    ]
-    for axis in ("t", "h", "w"):
-        pairs.append((f"extra_pos_embedder.pos_emb_{axis}", f"learnable_pos_embed.pos_emb_{axis}"))
+    pairs = _outer_pairs("affline_norm", "adaLN_modulation")
     for j, hf_attn in ((0, "attn1"), (1, "attn2")):
         attn = f"{_P1_BLOCK}{j}.block.attn."
         for up, hf in (("to_q.0", "to_q"), ("to_k.0", "to_k"), ("to_v.0", "to_v"), ("to_out.0", "to_out.0"),
