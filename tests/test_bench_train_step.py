@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from cosmos_hal.bench import budget, step
 from cosmos_hal.bench import train_step as bench
 from cosmos_hal.bench.flops import Shape, forward_flops, parse_shape, train_flops
 from cosmos_hal.models.presets import get_preset
@@ -22,11 +23,11 @@ def test_forward_flops_match_torch_flop_counter():
     """The analytic count equals what torch's FlopCounterMode measures on a real forward
     (matmuls and SDPA), with a per-frame timestep as training passes it."""
     shape = Shape(9, 32, 64, text_tokens=16)
-    model = bench.build_model(TINY, torch.device("cpu"), lora_rank=0, seed=0)
-    inp = bench.make_inputs(TINY, shape, "cpu")
+    model = step.build_model(TINY, torch.device("cpu"), lora_rank=0, seed=0)
+    inp = step.make_inputs(TINY, shape, "cpu")
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
-        bench.forward_loss(model, inp, amp_dtype=None, device_type="cpu")
+        step.forward_loss(model, inp, amp_dtype=None, device_type="cpu")
     counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
     f = forward_flops(TINY, shape)
     sdpa = f["parts"]["self_attn_sdpa"] + f["parts"]["cross_attn_sdpa"]
@@ -58,7 +59,7 @@ def test_parse_shape_rejects_bad_input(bad):
 
 
 def test_lora_model_is_built_on_the_device_with_adapters_only_trainable():
-    model = bench.build_model(TINY, torch.device("cpu"), lora_rank=4, seed=0)
+    model = step.build_model(TINY, torch.device("cpu"), lora_rank=4, seed=0)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert all(not p.is_meta and torch.isfinite(p).all() for p in model.parameters())
@@ -128,12 +129,12 @@ def test_time_budget_skips_settings_that_would_not_finish(tmp_path):
     small, big = parse_shape("432x768", 93, 512), parse_shape("704x1280", 93, 512)
     done = [{"status": "ok", "shape": small.label, "path": "reference", "median_s": 3.5, "first_step_s": 9.0,
              "model_tflop": train_flops(p2b, small) / 1e12}]
-    ref_big = bench.expected_seconds(args, p2b, bench.Setting(big, "full", "reference"), done)
+    ref_big = budget.expected_seconds(args, p2b, bench.Setting(big, "full", "reference"), done)
     scale = train_flops(p2b, big) / train_flops(p2b, small)
-    assert ref_big == pytest.approx(4 * 3.5 * scale + bench.SETUP_ESTIMATE_S)
-    hal_small = bench.expected_seconds(args, p2b, bench.Setting(small, "full", "hal"), done)
-    assert hal_small == pytest.approx(4 * 3.5 * 0.8 + bench.SETUP_ESTIMATE_S + bench.COMPILE_ESTIMATE_S)
-    assert bench.expected_seconds(args, p2b, bench.Setting(small, "full", "hal"), []) == 0.0
+    assert ref_big == pytest.approx(4 * 3.5 * scale + budget.SETUP_ESTIMATE_S)
+    hal_small = budget.expected_seconds(args, p2b, bench.Setting(small, "full", "hal"), done)
+    assert hal_small == pytest.approx(4 * 3.5 * 0.8 + budget.SETUP_ESTIMATE_S + budget.COMPILE_ESTIMATE_S)
+    assert budget.expected_seconds(args, p2b, bench.Setting(small, "full", "hal"), []) == 0.0
 
     out = tmp_path / "b.json"
     assert bench.main(["--tiny", "--time-budget-s", "0.001", "--out", str(out), "--quiet"]) == 0
@@ -163,8 +164,8 @@ def test_time_estimate_learns_the_compile_time():
     tf = train_flops(p2b, small) / 1e12
     done = [{"status": "ok", "shape": small.label, "path": "hal", "median_s": 2.0, "first_step_s": 202.0,
              "model_tflop": tf}]
-    est = bench.expected_seconds(args, p2b, bench.Setting(small, "lora", "hal"), done)
-    assert est == pytest.approx(4 * 2.0 + bench.SETUP_ESTIMATE_S + 200.0)
+    est = budget.expected_seconds(args, p2b, bench.Setting(small, "lora", "hal"), done)
+    assert est == pytest.approx(4 * 2.0 + budget.SETUP_ESTIMATE_S + 200.0)
 
 
 def test_auto_plan_path_runs_the_probe(tmp_path):

@@ -250,7 +250,7 @@ def test_compiled_fast_path_matches_eager(mode):
 
 @pytest.mark.cuda
 def test_fast_path_on_gpu_with_inductor():
-    from cosmos_hal.bench.train_step import check_numerics
+    from cosmos_hal.bench.numerics import check_numerics
     import argparse
 
     dev = torch.device("cuda")  # test files may name the device; the package may not
