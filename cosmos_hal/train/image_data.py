@@ -88,9 +88,9 @@ def check(exp, preset) -> None:
     if preset.use_crossattn_projection:
         raise text_cache.DatasetError(f"preset {preset.name} reads Cosmos-Reason1 features; image folders are "
                                       "embedded with T5 for Predict2 Text2Image presets")
-    samples, _ = _listed(exp, preset)
+    samples, bad = _listed(exp, preset)
     if not samples:
-        raise text_cache.DatasetError(f"{exp.dataset_path}: none of its images is usable")
+        raise text_cache.DatasetError(f"none of its {len(bad)} images is usable; the first: {bad[0][1]}")
     encoder_path(exp, preset, f"dataset_path={exp.dataset_path} (an image folder)")
 
 

@@ -35,6 +35,7 @@ from cosmos_hal.train.optim import build_optimizer
 from cosmos_hal.train.parallelize import apply_fast_attention, parallelize, plan_auto_ac, set_grad_sync
 from cosmos_hal.train.profiling import IterationProfiler
 from cosmos_hal.train.schedule import build_scheduler
+from cosmos_hal.train.validation import Validator
 
 log = logging.getLogger("cosmos_hal.train")
 
@@ -388,6 +389,8 @@ def train(exp: Experiment) -> dict:
                     f"{'bfloat16' if exp.precision == 'bf16' else 'float32'}, gradients reduced in float32")
     # after sharding, so each rank's shadows are its own shards (FSDP2) of the live weights
     ema = PowerEMA(owner, exp.ema.gamma, exp.ema.iteration_shift) if exp.ema.enabled else None
+    # Text2Image renders every validation_every iterations (train/validation.py; off at 0)
+    validator = Validator(exp, world, logger, model=owner, vae=vae, ema=ema, preset=preset, backend=backend)
 
     params = [p for p in owner.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
@@ -460,6 +463,7 @@ def train(exp: Experiment) -> dict:
             t_window, it_window = time.perf_counter(), 0
         if iteration % exp.save_iter == 0 or (iteration == exp.max_iter and exp.save_at_end):
             save()
+        validator.maybe_run(iteration)
 
     draw_ahead.close()
     summary = {

@@ -1,0 +1,99 @@
+"""Training from an image folder with validation during training (issue 17 point 5, seed 002):
+images are written at the right steps, the run's losses equal a run without validation, and the
+EMA weights are what is rendered (CPU, tiny DiT, 1-layer T5)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cosmos_hal.train import experiments
+from cosmos_hal.train.trainer import train
+from test_image_folder import write_folder
+from test_infer_tiny import save_tiny_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgtrain")
+    write_folder(root / "data")
+    return root / "data", save_tiny_pipeline(root / "pipe", "text2image")
+
+
+def run(setup, out, *overrides):
+    data, pipe = setup
+    exp = experiments.get("tiny_text2image_image_folder",
+                          [f"dataset_path={data}", f"model_path={pipe}", f"output_dir={out}", "logging_iter=1",
+                           "max_iter=4", "save_iter=4", *overrides])
+    return train(exp)
+
+
+def losses(out) -> dict[int, float]:
+    return {r["iteration"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+
+
+def plain(out, *overrides):
+    """The experiment as `bash train.sh --EXP=tiny_text2image_image_folder` runs it: synthetic images
+    of three shapes and a random tiny T5, built under output_dir."""
+    return train(experiments.get("tiny_text2image_image_folder", [f"output_dir={out}", "logging_iter=1",
+                                                                  "max_iter=4", "save_iter=4", *overrides]))
+
+
+def test_validation_images_at_the_right_steps_and_the_same_losses_as_without(tmp_path, capsys):
+    from PIL import Image
+
+    plain(tmp_path / "off", "validation_every=0")
+    plain(tmp_path / "on", "validation_every=2", "validation_prompts=a red cube|the robot arm", "validation_steps=1")
+    log = capsys.readouterr().out
+    a, b = losses(tmp_path / "off"), losses(tmp_path / "on")
+    assert sorted(a) == [1, 2, 3, 4] and a == b  # bit for bit: validation touches no RNG, weight or data
+    root = tmp_path / "on" / "validation"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step_2", "step_4"]
+    for step in (2, 4):
+        files = sorted(p.name for p in (root / f"step_{step}").iterdir())
+        assert files == ["00_a_red_cube.png", "01_the_robot_arm.png"]
+        img = np.asarray(Image.open(root / f"step_{step}" / files[0]))
+        assert img.shape == (32, 32, 3) and img.std() > 0
+    assert not (tmp_path / "off" / "validation").exists()
+    assert "validation at iteration 2: 2 image(s)" in log and "validation at iteration 4: 2 image(s)" in log
+    assert log.count("not logged to TensorBoard") == (0 if _has_tensorboard() else 1)
+    assert "8 images in 3 bucket(s) (16x48, 32x32, 48x16)" in log
+
+
+def test_image_folder_run_resumes_mid_epoch_with_the_same_bucketed_batches(setup, tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    common = ["validation_every=0", "save_iter=2", "schedule.cycle_length=4"]
+    run(setup, full, "max_iter=4", *common)
+    run(setup, part, "max_iter=2", *common)  # 5 batches per epoch: stops mid-epoch
+    (part / "metrics.jsonl").unlink()
+    summary = run(setup, part, "max_iter=4", *common)
+    a, b = losses(full), losses(part)
+    assert sorted(b) == [3, 4] and all(a[i] == b[i] for i in (3, 4))
+    assert summary["bad_samples"] == 0
+    assert (part / "checkpoints" / "iter_000000004" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def _has_tensorboard() -> bool:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.cuda
+def test_image_folder_with_validation_trains_on_the_gpu_in_bf16_with_the_same_losses(tmp_path):
+    """For the GPU suite (tools/gpu_suite.sh runs -m cuda): bf16 autocast, buckets, validation."""
+    from cosmos_hal.backend import use
+
+    use("cuda")
+    for every in (0, 2):
+        use("cuda")
+        plain(tmp_path / str(every), "precision=bf16", "parity=true", f"validation_every={every}")
+    a, b = losses(tmp_path / "0"), losses(tmp_path / "2")
+    assert sorted(a) == [1, 2, 3, 4] and a == b and all(np.isfinite(list(a.values())))
+    assert sorted(p.name for p in (tmp_path / "2" / "validation").iterdir()) == ["step_2", "step_4"]
