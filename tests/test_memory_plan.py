@@ -5,6 +5,7 @@ the low-memory optimizers train the tiny model close to fp32 AdamW (docs/trainin
 from __future__ import annotations
 
 import json
+import os
 import shlex
 
 import pytest
@@ -122,13 +123,15 @@ def test_offload_optimizer_trains_the_same_losses_as_the_device_optimizer(tmp_pa
         assert abs(dev[it] - off[it]) <= 1e-5 * abs(dev[it]), (it, dev[it], off[it])
 
 
-STEPS = 50
+# docs/training.md "Memory" quotes this test run with COSMOS_HAL_OPTIM_STEPS=50 (final-loss relative
+# difference 1.1e-4 for adamw_bf16 and 2.1e-4 for adamw_8bit); CI runs 20 steps to stay quick
+STEPS = int(os.environ.get("COSMOS_HAL_OPTIM_STEPS", "20"))
 
 
 @pytest.mark.slow
 def test_low_memory_optimizers_follow_fp32_adamw_on_the_tiny_model(tmp_path, capsys):
-    """50 steps of tiny_video2world_synthetic per optimizer; docs/training.md "Memory" quotes the
-    numbers this prints. Bounds: final loss within 5 %, every step within 10 %."""
+    """STEPS steps of tiny_video2world_synthetic per optimizer against fp32 AdamW. Bounds (5x the
+    differences measured over 50 steps): final loss within 1e-3 relative, every step within 2.5e-3."""
     from cosmos_hal.train.trainer import train
 
     common = [f"max_iter={STEPS}", "logging_iter=1", "save_at_end=false"]
@@ -144,4 +147,4 @@ def test_low_memory_optimizers_follow_fp32_adamw_on_the_tiny_model(tmp_path, cap
             worst = max(abs(runs[name][i] - ref[i]) / abs(ref[i]) for i in ref)
             print(f"\n{name}: final loss {runs[name][STEPS]:.6f} vs adamw {ref[STEPS]:.6f}: relative "
                   f"difference {final:.2e}; largest per-step relative difference {worst:.2e}")
-            assert final < 0.05 and worst < 0.10, (name, final, worst)
+            assert final < 1e-3 and worst < 2.5e-3, (name, final, worst)
