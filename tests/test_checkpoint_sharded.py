@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from conftest import REPO
+from test_train_launch import losses, train_sh
 from cosmos_hal.data.sampler import RngDistributedSampler
 from cosmos_hal.train import checkpoint as ckpt
 from cosmos_hal.train.ema import PowerEMA
@@ -166,8 +167,14 @@ def test_readers_of_weights_refuse_a_sharded_folder_with_the_conversion_command(
         read_transformer_state_dict(folder)
     with pytest.raises(InferenceInputError, match=r"sharded training checkpoint .*convert_checkpoint.py --to full"):
         check_model_source(folder)
+    from cosmos_hal.train import experiments
+    from cosmos_hal.train.preflight import check_paths
+
+    with pytest.raises(experiments.ExperimentError, match=r"model_path=.*sharded checkpoint .*--to full"):
+        check_paths(experiments.get("tiny_video2world_synthetic", [f"model_path={folder}"]))  # train --check
     full = _save(tmp_path / "f", 2, objs, "full")  # a full folder stands for its model.pt
     assert_same(read_transformer_state_dict(full), _load(os.path.join(full, "model.pt"))["net"])
+    check_paths(experiments.get("tiny_video2world_synthetic", [f"model_path={full}"]))
 
 
 def test_checkpoint_format_is_an_experiment_setting_with_a_clear_error():
@@ -245,3 +252,41 @@ def test_a_sharded_checkpoint_of_two_fsdp2_ranks_loads_into_one_process(fsdp_run
     names = [n for n, _ in objs["model"].named_parameters()]
     for name, p in zip(names, objs["model"].parameters()):
         assert_same(optim[name], objs["optimizer"].state[p], f"optimizer.{name}")
+
+
+# -- train.sh: two FSDP2 ranks, checkpoint.format=sharded, resume and conversion -------------------
+
+
+@pytest.mark.slow
+def test_train_sh_fsdp2_resumes_from_a_sharded_and_from_a_converted_checkpoint_bit_exactly(tmp_path):
+    import shutil
+
+    run = ["--nproc_per_node=2", "parallelism=fsdp", "precision=fp32", "logging_iter=1", "save_iter=2", "max_iter=4",
+           "keep_last=3", "data.synthetic_videos=8"]
+    ref = tmp_path / "ref"
+    p = train_sh(*run, f"output_dir={ref}", "checkpoint.format=sharded")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    start = ref / "checkpoints" / "iter_000000002"
+    assert {".metadata", "__0_0.distcp", "__1_0.distcp", "trainer.pt"} <= set(os.listdir(start))
+    expected = {it: loss for it, loss in losses(ref).items() if it > 2}
+    assert sorted(expected) == [3, 4]
+    for name, fmt in (("sharded", "sharded"), ("converted", "full")):
+        out = tmp_path / name
+        (out / "checkpoints").mkdir(parents=True)
+        if fmt == "full":  # resume from the sharded checkpoint converted by the tool
+            assert convert_checkpoint.main(["--to", "full", str(start), str(out / "checkpoints" / start.name)]) == 0
+        else:
+            shutil.copytree(start, out / "checkpoints" / start.name)
+        p = train_sh(*run, f"output_dir={out}", f"checkpoint.format={fmt}")
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        assert "at iteration 2" in open(out / "train_node0.log").read()
+        assert losses(out) == expected, name  # bit for bit
+    # what the resumed sharded run saved at 4 is what the uninterrupted run saved (as full files)
+    for name in ("ref", "sharded"):
+        assert convert_checkpoint.main(["--to", "full", str(tmp_path / name / "checkpoints" / "iter_000000004"),
+                                        str(tmp_path / f"{name}_4")]) == 0
+    for f in ("model.pt", "optim.pt"):
+        assert_same(_load(tmp_path / "ref_4" / f), _load(tmp_path / "sharded_4" / f), f)
+    for f in ("rank_00000.pt", "rank_00001.pt"):  # (torch's global RNG differs: the DataLoader draws its
+        # base seed when the resumed run creates its iterator; the loss draws are counter-based)
+        assert_same(_load(tmp_path / "ref_4" / f)["loader"], _load(tmp_path / "sharded_4" / f)["loader"], f)

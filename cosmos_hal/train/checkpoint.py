@@ -4,7 +4,7 @@ Layout (``<output_dir>/checkpoints/``)::
 
     iter_000000500/model.pt        {"net": weights, "ema": EMA shadows + buffers}   (rank 0)
     iter_000000500/optim.pt        {"optimizer": ..., "scheduler": ...}           (rank 0)
-    iter_000000500/trainer.pt      {"iteration", "world_size", "experiment"}       (rank 0)
+    iter_000000500/trainer.pt      {"iteration", "world_size", "experiment", "format", "files"}
     iter_000000500/rank_00003.pt   {"rng": rng.capture_state(), "loader": loader.state_dict()}
     latest_checkpoint.txt          "iter_000000500"
 
@@ -17,12 +17,17 @@ without its model.pt. ``clean`` (rank 0, at start) removes trash, stale ``.tmp``
 ``.latest_checkpoint.*.tmp`` files, and moves incomplete ``iter_`` folders out of the way;
 ``latest`` and ``iteration_dirs`` skip incomplete folders.
 
-FSDP2: weights and optimizer state are gathered into full (unsharded) state dicts with
-torch.distributed.checkpoint.state_dict (``full_state_dict=True, cpu_offload=True``), so a
-checkpoint is one ordinary torch file that loads at any world size and into inference. On
-resume every rank reads the files (the output directory must be on a shared file system
-for multi-node runs) and keeps its shard. With LoRA/DoRA only the trainable (adapter)
-weights are stored; the frozen base comes from ``model_path`` or the seeded init again.
+Two formats (``checkpoint.format``): full, the files above, portable (inference, ``model_path=``
+and any world size read them); sharded, torch.distributed.checkpoint (sharded_checkpoint.py),
+nothing gathered. ``restore`` tells them apart by content; checkpoint_convert.py converts.
+
+Full under FSDP2: saving gathers weights, EMA and optimizer state tensor by tensor to rank 0's
+host (``full_state_dict=True, cpu_offload=True``); rank 0 holds at most weights + EMA, then the
+two moments (8 bytes per trained parameter each). Resuming, only rank 0 memory-maps the files
+and broadcasts each tensor; every rank keeps its shard (``broadcast_from_rank0=True``), so no
+device holds more than its shards plus one full tensor. The optimizer state is keyed by
+parameter name in both formats. With LoRA/DoRA only the trainable (adapter) weights are stored;
+the frozen base comes from ``model_path`` or the seeded init again.
 """
 
 from __future__ import annotations

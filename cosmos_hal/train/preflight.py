@@ -49,6 +49,10 @@ def _check_model(value: str) -> None:
         raise _missing("model_path", value, MODEL_FORMS)
     from cosmos_hal.models import loading  # torch: only once there is something to look at
 
+    try:
+        path = loading.training_checkpoint_weights(path)  # a training checkpoint folder: its model.pt
+    except ValueError as exc:  # a sharded one: the command that converts it
+        raise ExperimentError(f"{_where('model_path', value)}: {exc}") from None
     if path.is_dir():
         try:
             loading.diffusers_weight_files(path)
