@@ -30,8 +30,10 @@ INVALID = {
     "loss.loss_scale": "0", "loss.high_sigma_ratio": "1.5", "loss.min_cond_frames": "0",
     "loss.max_cond_frames": "0", "loss.sigma_conditional": "-1e-4", "loss.text_dropout": "-0.2",
     "loss.shift": "0", "loss.cond_timestep": "2",
+    "loss.p_mean": "inf", "loss.p_std": "0", "loss.sigma_data": "0", "loss.augment_p_mean": "-inf",
+    "loss.augment_p_std": "-1", "loss.augment_multiplier": "0", "loss.cond_dropout": "1.5",
     "ema.gamma": "-2", "ema.iteration_shift": "-1",
-    "lora.rank": "0", "lora.alpha": "0", "lora.factor": "0",
+    "lora.rank": "0", "lora.alpha": "0", "lora.factor": "0", "lora.first_nblocks": "-1",
     "data.num_frames": "0", "data.height": "0", "data.width": "-32", "data.num_workers": "-1",
     "data.synthetic_videos": "0", "data.fps": "0",
 }

@@ -215,7 +215,9 @@ def ema_weights(checkpoint_dir: str) -> dict[str, torch.Tensor]:
         where = f"{checkpoint_dir}/model.pt"
     if not ema:
         raise KeyError(f"{where} holds no EMA weights (the run had ema.enabled=false)")
-    return {**ema["shadow"], **ema.get("buffers", {})}
+    weights = {**ema["shadow"], **ema.get("buffers", {})}
+    # Predict1's uncertainty head (train/loss.py LogVarHead) is part of training only, not of the DiT
+    return {k: v for k, v in weights.items() if not k.startswith("logvar.")}
 
 
 # -- folders --------------------------------------------------------------------------------

@@ -64,7 +64,8 @@ class ScheduleConfig:
 @dataclass
 class LossConfig:
     """Training objective. ``recipe`` is "predict2" (rectified-flow x0 loss of cosmos-predict2
-    1.0.9) or "predict2.5" (diffusers' Predict2.5 LoRA recipe: velocity target, shift 5)."""
+    1.0.9), "predict2.5" (diffusers' Predict2.5 LoRA recipe: velocity target, shift 5) or
+    "predict1" (cosmos-predict1's EDM loss with the learned log-variance; train/loss.py)."""
 
     recipe: str = "predict2"
     loss_scale: float = 10.0
@@ -80,6 +81,20 @@ class LossConfig:
     # (pipelines/video2world.py, text2image.py: ``c_noise.to(**self.tensor_kwargs)``); diffusers'
     # Predict2.5 recipe passes float32 (false in the GR1 experiments).
     bf16_timestep: bool = True
+    # predict1 (cosmos-predict1 training/config/base/model.py DefaultModelConfig, EDMSDE, and the
+    # video_cond_bool settings of its video2world experiments): log sigma ~ N(p_mean, p_std);
+    # sigma_data of the EDM preconditioning (models/vae gives latents already times it);
+    # logvar: the learned-uncertainty term (loss_add_logvar); the
+    # conditioning frames are noised by an augment sigma, log ~ N(augment_p_mean, augment_p_std)
+    # times augment_multiplier; cond_dropout: probability of zeroing them (video_cond_bool dropout_rate)
+    p_mean: float = 0.0
+    p_std: float = 1.0
+    sigma_data: float = 0.5
+    logvar: bool = True
+    augment_p_mean: float = -3.0
+    augment_p_std: float = 2.0
+    augment_multiplier: float = 1.0
+    cond_dropout: float = 0.0
 
 
 @dataclass
@@ -103,6 +118,9 @@ class LoraConfig:
     target_modules: str = "to_q,to_k,to_v,to_out.0,ff.net.0.proj,ff.net.2"
     factor: int = -1
     init: str = "peft"
+    # adapt only transformer_blocks 0..first_nblocks-1 (0: every block), as cosmos-predict1's
+    # get_fa_ca_qv_lora_config(first_nblocks=28) (training/utils/peft/lora_config.py)
+    first_nblocks: int = 0
 
 
 @dataclass
@@ -135,7 +153,6 @@ class DataConfig:
     buckets: bool = True
 
 
-
 @dataclass
 class CheckpointConfig:
     """How checkpoints are written (train/checkpoint.py, docs/training.md "Checkpoints and resume").
@@ -149,7 +166,7 @@ class CheckpointConfig:
 @dataclass
 class Experiment:
     name: str = ""
-    task: str = "video2world"  # video2world | text2image
+    task: str = "video2world"  # video2world | text2world (video, no conditioning frames; Predict1) | text2image
     preset: str = "tiny"
     model_path: str = ""  # diffusers directory or NVIDIA .pt; empty: random weights
     vae_path: str = ""  # diffusers AutoencoderKLWan directory; empty: the preset's VAE, random
@@ -210,12 +227,6 @@ class Experiment:
     ema: EMAConfig = field(default_factory=EMAConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    ema: EMAConfig = field(default_factory=EMAConfig)
-    lora: LoraConfig = field(default_factory=LoraConfig)
-    data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def resolved_output_dir(self) -> str:
@@ -259,7 +270,7 @@ def apply_overrides(exp: Experiment, overrides) -> Experiment:
 
 
 _CHOICES = {
-    "task": ("video2world", "text2image"),
+    "task": ("video2world", "text2world", "text2image"),
     "precision": ("bf16", "fp32"),
     "parallelism": ("fsdp", "ddp"),
     "ac_mode": (None, "full", "selective", "selective_mm", "auto"),
@@ -269,6 +280,7 @@ _CHOICES = {
 
 
 _PROBABILITY, _POSITIVE, _NON_NEGATIVE, _COUNT = _Range(0, 1), _Range(0, lo_open=True), _Range(0), _Range(1)
+_FINITE = _Range(-math.inf)
 # Ranges of the numeric hyper-parameters, checked at `train --check` so a bad value stops before any
 # process starts (torch's AdamW would refuse lr < 0 only inside the ranks). Each tuple: range, hint.
 _RANGES: dict[str, tuple[_Range, str]] = {
@@ -284,16 +296,24 @@ _RANGES: dict[str, tuple[_Range, str]] = {
     "schedule.cycle_length": (_NON_NEGATIVE, "schedule.cycle_length=0 means max_iter"),
     "loss.loss_scale": (_POSITIVE, ""),
     "loss.high_sigma_ratio": (_PROBABILITY, "a probability"),
-    "loss.min_cond_frames": (_COUNT, ""),
+    "loss.min_cond_frames": (_NON_NEGATIVE, ""),  # >= 1 except for recipe predict1 (validate)
     "loss.max_cond_frames": (_COUNT, ""),
     "loss.sigma_conditional": (_NON_NEGATIVE, ""),
     "loss.text_dropout": (_PROBABILITY, "a probability"),
     "loss.shift": (_POSITIVE, ""),
     "loss.cond_timestep": (_PROBABILITY, "a flow-matching time"),
+    "loss.p_mean": (_FINITE, "the mean of log sigma"),
+    "loss.p_std": (_POSITIVE, "the standard deviation of log sigma"),
+    "loss.sigma_data": (_POSITIVE, ""),
+    "loss.augment_p_mean": (_FINITE, "the mean of the conditioning frames' log augment sigma"),
+    "loss.augment_p_std": (_POSITIVE, ""),
+    "loss.augment_multiplier": (_POSITIVE, ""),
+    "loss.cond_dropout": (_PROBABILITY, "a probability"),
     "ema.gamma": (_NON_NEGATIVE, "the power EMA's exponent"),
     "ema.iteration_shift": (_NON_NEGATIVE, ""),
     "lora.rank": (_COUNT, ""),
     "lora.alpha": (_POSITIVE, ""),
+    "lora.first_nblocks": (_NON_NEGATIVE, "lora.first_nblocks=0 adapts every block"),
     "data.num_frames": (_COUNT, ""),
     "data.height": (_COUNT, ""),
     "data.width": (_COUNT, ""),
@@ -356,8 +376,8 @@ def validate(exp: Experiment) -> None:
                               "whole device")
     if exp.data.resize_mode not in ("stretch", "crop"):
         raise ExperimentError(f"data.resize_mode={exp.data.resize_mode!r}: choose stretch (upstream) or crop")
-    if exp.loss.recipe not in ("predict2", "predict2.5"):
-        raise ExperimentError(f"loss.recipe={exp.loss.recipe!r}: choose predict2 or predict2.5")
+    if exp.loss.recipe not in ("predict2", "predict2.5", "predict1"):
+        raise ExperimentError(f"loss.recipe={exp.loss.recipe!r}: choose predict2, predict2.5 or predict1")
     if exp.lora.kind not in ("none", "lora", "dora", "lokr"):
         raise ExperimentError(f"lora.kind={exp.lora.kind!r}: choose none, lora, dora or lokr")
     if exp.lora.init not in ("peft", "gaussian") or (exp.lora.init == "gaussian" and exp.lora.kind == "lokr"):
@@ -372,8 +392,10 @@ def validate(exp: Experiment) -> None:
     for key in ("max_iter", "batch_size", "grad_accum", "logging_iter", "save_iter"):
         if getattr(exp, key) < 1:
             raise ExperimentError(f"{key}={getattr(exp, key)} must be at least 1")
-    if not 1 <= exp.loss.min_cond_frames <= exp.loss.max_cond_frames:
-        raise ExperimentError("need 1 <= loss.min_cond_frames <= loss.max_cond_frames")
+    lowest = 0 if exp.loss.recipe == "predict1" else 1  # predict1's first_random_n draws from 0 (no conditioning)
+    if not lowest <= exp.loss.min_cond_frames <= exp.loss.max_cond_frames:
+        raise ExperimentError(f"loss.min_cond_frames={exp.loss.min_cond_frames}: need {lowest} <= loss.min_cond_frames "
+                              f"<= loss.max_cond_frames ({exp.loss.max_cond_frames}) for loss.recipe={exp.loss.recipe}")
     if not exp.dist_timeout > 0:
         raise ExperimentError(f"dist_timeout={exp.dist_timeout}: give the collective timeout in seconds, "
                               f"e.g. dist_timeout=1800 (the default) or dist_timeout=300 to fail fast")
@@ -727,7 +749,6 @@ def tiny_predict1_text2world_synthetic() -> Experiment:
                           min_cond_frames=0, max_cond_frames=2)
     exp.data.num_frames = 17  # 3 latent frames of the 8x temporal CV8x8x8 tokenizer
     return exp
-
 
 
 def describe(exp: Experiment) -> str:

@@ -83,15 +83,31 @@ def build_model(exp: Experiment, device):
     if exp.task == "video2world" and not preset.has_condition_mask:
         raise ValueError(f"preset {exp.preset!r} is a text2image DiT (no condition-mask channel); "
                          f"task=video2world needs a video2world preset")
+    if exp.task != "video2world" and preset.has_condition_mask:
+        raise ValueError(f"preset {exp.preset!r} is a video2world DiT (condition-mask channel); task={exp.task} "
+                         f"needs a {exp.task} preset")
     if exp.lora.kind != "none":
         from cosmos_hal.models import lora
 
         lora.add_adapters(model, exp.lora.rank, exp.lora.alpha, kind=exp.lora.kind, factor=exp.lora.factor,
-                          init=exp.lora.init,
-                          targets=tuple(m.strip() for m in exp.lora.target_modules.split(",") if m.strip()),
-                          seed=exp.seed)
+                          init=exp.lora.init, targets=lora_targets(exp.lora, model), seed=exp.seed)
+    if exp.loss.recipe == "predict1" and exp.loss.logvar:
+        # upstream trains it with the model; frozen under LoRA (setup_lora_requires_grad)
+        losses.attach_logvar(model, seed=exp.seed, trainable=exp.lora.kind == "none")
     model.train()
     return model, preset
+
+
+def lora_targets(cfg, model) -> tuple[str, ...]:
+    """peft target names: ``lora.target_modules``; with ``lora.first_nblocks`` set, the full names
+    of those modules inside transformer_blocks 0..first_nblocks-1 only (cosmos-predict1's
+    get_fa_ca_qv_lora_config blocks regex)."""
+    names = tuple(m.strip() for m in cfg.target_modules.split(",") if m.strip())
+    if cfg.first_nblocks <= 0:
+        return names
+    blocks = tuple(f"transformer_blocks.{i}." for i in range(cfg.first_nblocks))
+    return tuple(full for full, _ in model.named_modules()
+                 if full.startswith(blocks) and any(full == n or full.endswith("." + n) for n in names))
 
 
 def vae_source(exp: Experiment) -> str:
@@ -100,7 +116,12 @@ def vae_source(exp: Experiment) -> str:
         return exp.vae_path
     if exp.model_path and os.path.isfile(os.path.join(exp.model_path, "vae", "config.json")):
         return os.path.join(exp.model_path, "vae")
-    return "tiny" if exp.preset.startswith("tiny") else "wan2.1"
+    from cosmos_hal.models.presets import get_preset
+
+    tiny = exp.preset.startswith("tiny")
+    if get_preset(exp.preset).family == "predict1":  # Cosmos 1.0 DiTs work on the CV8x8x8 tokenizer's latents
+        return "tiny-cosmos1" if tiny else "cosmos1-cv8x8x8"
+    return "tiny" if tiny else "wan2.1"
 
 
 def check_precision(exp: Experiment, backend) -> None:
@@ -172,6 +193,19 @@ def latents_of(batch: dict, vae, dataset, device) -> torch.Tensor:
         cache.put(Path(path).stem, int(batch["frame_start"][i]), int(batch["num_frames"][i]), (h, w),
                   raw[i].cpu(), source=path)
     return normalize_latents(vae, raw)
+
+
+def batch_fps(batch: dict) -> float | None:
+    """The batch's frame rate for the DiT's temporal RoPE (Predict1 scales it by fps / 24, as
+    upstream's conditioner passes the clip's fps); one value per batch, as upstream asserts."""
+    fps = batch.get("fps")
+    if fps is None:
+        return None
+    values = sorted({float(v) for v in torch.as_tensor(fps).reshape(-1).tolist()})
+    if len(values) > 1:
+        raise ValueError(f"this batch mixes clips of {values} fps; the DiT takes one fps per batch: "
+                         "pass batch_size=1 or use clips of one frame rate")
+    return values[0]
 
 
 class DrawAhead:
@@ -281,6 +315,7 @@ def forward_backward(parts: StepParts, batch: dict, step: int, sync_grads: bool)
     draws = parts.draws.get(x0.shape, step)
     text = batch["t5_text_embeddings"].to(device=device, dtype=torch.float32)
     pad = torch.zeros(1, 1, x0.shape[-2], x0.shape[-1], device=device)
+    fps = batch_fps(batch) if exp.loss.recipe == "predict1" else None
 
     def net_fn(x_in, timestep, cond_mask, text_keep):
         ctx = text * text_keep.view(-1, 1, 1).to(text.dtype)
@@ -289,10 +324,11 @@ def forward_backward(parts: StepParts, batch: dict, step: int, sync_grads: bool)
         with torch.autocast(device_type=parts.device_type, dtype=torch.bfloat16, enabled=amp):
             return parts.net(hidden_states=x_in, timestep=timestep, encoder_hidden_states=ctx,
                              condition_mask=cond_mask if parts.preset.has_condition_mask else None,
-                             padding_mask=pad, return_dict=False)[0]
+                             padding_mask=pad, return_dict=False, **({"fps": fps} if fps else {}))[0]
 
     with set_grad_sync(parts.net, sync_grads):
-        loss, _ = losses.compute(net_fn, x0, draws, exp.loss, is_video=exp.task == "video2world")
+        loss, _ = losses.compute(net_fn, x0, draws, exp.loss, is_video=exp.task == "video2world",
+                                 logvar=getattr(parts.owner, losses.LOGVAR_ATTR, None))
         (loss / exp.grad_accum).backward()
     return loss.detach()
 
