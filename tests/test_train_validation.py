@@ -85,6 +85,21 @@ def _has_tensorboard() -> bool:
     return True
 
 
+def test_two_ranks_train_as_one_process_of_their_global_batch_and_rank_0_writes_the_images(tmp_path):
+    """DDP over gloo: bucketed batches dealt round-robin, validation with every rank taking part."""
+    from test_multigpu import RTOL, train_sh
+
+    args = ["max_iter=2", "save_iter=3", "save_at_end=false", "validation_every=2", "parity=true"]
+    plain(tmp_path / "one", "batch_size=2", *args)
+    p = train_sh("cpu", "--EXP=tiny_text2image_image_folder", "--nproc_per_node=2", "batch_size=1",
+                 f"output_dir={tmp_path / 'two'}", "logging_iter=1", *args)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(b) == [1, 2] and all(abs(a[i] - b[i]) <= RTOL * abs(a[i]) for i in a)
+    assert [p.name for p in (tmp_path / "two" / "validation" / "step_2").iterdir()] == [
+        "00_a_red_square_on_a_black_background.png"]
+
+
 @pytest.mark.cuda
 def test_image_folder_with_validation_trains_on_the_gpu_in_bf16_with_the_same_losses(tmp_path):
     """For the GPU suite (tools/gpu_suite.sh runs -m cuda): bf16 autocast, buckets, validation."""
