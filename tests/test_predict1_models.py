@@ -198,3 +198,30 @@ def test_cosmos1_vae_folder_loads_by_its_config_class(tmp_path):
     again = build_vae(tmp_path)
     assert type(again).__name__ == "AutoencoderKLCosmos"
     assert all(torch.equal(a, b) for a, b in zip(vae.state_dict().values(), again.state_dict().values()))
+
+
+def test_predict1_lora_checkpoint_loads_with_its_factors_merged(tmp_path):
+    """cosmos-predict1's LoRA post-training keeps base weights plus attn.to_{q,v}_lora.net.{0,1}
+    (down, up) factors; loading merges W + 1 * up @ down (upstream's lora_scale 1)."""
+    base = _tiny(seed=6).state_dict()
+    state = {f"net.{to_upstream(k)}": v for k, v in base.items()}
+    want = dict(base)
+    g = torch.Generator().manual_seed(0)
+    for i in range(2):
+        for j, attn in ((0, "attn1"), (1, "attn2")):
+            for proj in ("q", "v"):
+                hf = f"transformer_blocks.{i}.{attn}.to_{proj}.weight"
+                out_f, in_f = base[hf].shape
+                down, up = torch.randn(8, in_f, generator=g), torch.randn(out_f, 8, generator=g) * 0.1
+                prefix = f"net.blocks.block{i}.blocks.{j}.block.attn.to_{proj}_lora.net"
+                state[f"{prefix}.0.weight"], state[f"{prefix}.1.weight"] = down, up
+                want[hf] = (base[hf].double() + up.double() @ down.double()).float()
+    torch.save(state, tmp_path / "iter_000005000_model.pt")
+    got = build_transformer("tiny-predict1-video2world", weights=tmp_path / "iter_000005000_model.pt",
+                            install_hal_processor=False).state_dict()
+    assert got.keys() == want.keys()
+    adapted = [k for k in want if not torch.equal(want[k], base[k])]
+    assert len(adapted) == 8
+    assert all(torch.equal(got[k], base[k]) for k in want if k not in adapted)
+    for k in adapted:
+        assert float((got[k].double() - want[k].double()).norm() / want[k].double().norm()) < 1e-6, k

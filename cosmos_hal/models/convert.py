@@ -163,6 +163,35 @@ def looks_like_upstream(keys: Iterable[str]) -> bool:
     return any(k.startswith(("blocks.", "x_embedder.", "t_embedder.", "final_layer.")) for k in keys)
 
 
+_P1_LORA = re.compile(r"(?P<attn>.+\.block\.attn)\.to_(?P<proj>q|k|v|out)_lora\.net\.0\.weight\Z")
+PREDICT1_LORA_SCALE = 1.0
+
+
+def fold_predict1_lora(state_dict: dict, scale: float = PREDICT1_LORA_SCALE) -> tuple[dict, int]:
+    """Merge cosmos-predict1 LoRA factors into the attention weights they adapt.
+
+    A LoRA post-trained cosmos-predict1 checkpoint (seed experiment
+    ``text2world_7b_lora_example_cosmos_nemo_assets``) holds the base weights plus, per adapted
+    projection, ``attn.to_q_lora.net.0.weight`` (down, rank x in) and ``.net.1.weight`` (up, out x
+    rank): ``LoRALinearLayer`` in ``cosmos_predict1/diffusion/training/utils/peft/lora_net.py``,
+    applied as ``to_q[0](x) + lora_scale * up(down(x))`` (``peft/lora_attn.py`` ``cal_qkv_lora``).
+    The scale is not stored; upstream's configs use 1 (``get_fa_ca_qv_lora_config(..., scale=1)``).
+    Returns (state dict without the factors, number of projections merged)."""
+    out, folded = dict(state_dict), 0
+    for key in list(state_dict):
+        m = _P1_LORA.match(key)
+        if not m:
+            continue
+        up_key = key[: -len("0.weight")] + "1.weight"
+        base_key = f"{m['attn']}.to_{m['proj']}.0.weight"
+        if up_key not in state_dict or base_key not in state_dict:
+            raise KeyError(f"LoRA factor {key} has no {up_key if up_key not in state_dict else base_key} beside it")
+        down, up, base = out.pop(key), out.pop(up_key), state_dict[base_key]
+        out[base_key] = (base.float() + scale * (up.float() @ down.float())).to(base.dtype)
+        folded += 1
+    return out, folded
+
+
 def upstream_to_diffusers(state_dict: dict) -> tuple[dict, list[str]]:
     """Rename an upstream DiT state dict (no ``net.`` prefix) to diffusers naming.
 

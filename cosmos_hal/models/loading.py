@@ -236,6 +236,11 @@ def _read(weights, ema: bool) -> tuple[dict, str | None]:
             raise ValueError(f"{path}: unknown weights format (want a folder, .safetensors or {NVIDIA_SUFFIXES})")
     state = select_net(state, ema=ema, source=source)
     upstream = convert.upstream_family(state) if convert.looks_like_upstream(state) else None
+    if upstream == "predict1":
+        state, folded = convert.fold_predict1_lora(state)
+        if folded:
+            log.warning("%s: merged cosmos-predict1 LoRA factors of %d attention projections into the weights "
+                        "(scale %g, upstream's get_fa_ca_qv_lora_config)", source, folded, convert.PREDICT1_LORA_SCALE)
     if upstream:
         state, dropped = convert.upstream_to_diffusers(state)
         if dropped:
