@@ -265,3 +265,14 @@ def test_validation_prompts_come_as_one_several_or_a_simpletuner_prompt_library(
         experiments.get("tiny_text2image_image_folder", [f"validation_prompts={tmp_path / 'missing.json'}"])
     with pytest.raises(experiments.ExperimentError, match="validation renders Text2Image only"):
         experiments.get("tiny_video2world_synthetic", ["validation_every=5", "validation_prompts=a cat"])
+
+
+def test_validation_without_a_text_encoder_stops_at_check_with_what_to_pass(tmp_path):
+    from cosmos_hal.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "d", layout="image", num_videos=1, height=32, width=32,
+                                  text_embed_dim=64)
+    exp = experiments.get("tiny_text2image_synthetic", [f"dataset_path={data}", "validation_every=5",
+                                                        "validation_prompts=a red square"])
+    with pytest.raises(experiments.ExperimentError, match="validation_every=5 .* pass data.text_encoder_path="):
+        check_paths(exp)

@@ -286,8 +286,9 @@ def write_image(path, image_uint8, quality: int = 95) -> Path:
     img = np.asarray(image_uint8)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
         raise ValueError(f"write_image wants uint8 (H, W, 3), got {img.dtype} {img.shape}")
-    ok, buf = cv2.imencode(path.suffix or ".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                           [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)])
+    suffix = path.suffix or ".jpg"
+    params = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality)] if suffix.lower() in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(suffix, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)  # (a JPEG flag warns for .png)
     if not ok:
         raise ValueError(f"{path}: OpenCV cannot encode an image with suffix {path.suffix!r}")
     with written_atomically(path, path.suffix) as tmp:

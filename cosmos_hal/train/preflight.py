@@ -32,6 +32,21 @@ def check_paths(exp: Experiment) -> None:
     if exp.vae_path:
         _check_vae(exp.vae_path)
     _check_dataset(exp, preset)
+    _check_validation(exp, preset)
+
+
+def _check_validation(exp: Experiment, preset) -> None:
+    """validation_every > 0 embeds the prompts with a T5 encoder: one must be findable (the tiny
+    synthetic experiment makes its own)."""
+    if exp.validation_every <= 0 or (exp.data.synthetic and not exp.dataset_path):
+        return
+    from cosmos_hal.data.errors import DatasetError
+    from cosmos_hal.train import image_data
+
+    try:
+        image_data.encoder_path(exp, preset, f"validation_every={exp.validation_every} (to embed validation_prompts)")
+    except DatasetError as exc:
+        raise ExperimentError(str(exc)) from None
 
 
 def _where(key: str, value: str) -> str:
