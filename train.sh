@@ -90,7 +90,11 @@ for arg in "$@"; do
         --master_port=*) MASTER_PORT="${arg#*=}"; need_int --master_port "$MASTER_PORT" ;;
         --hccl_if_ip=*) HCCL_IF_IP="${arg#*=}" ;;
         --backend=*) BACKEND="${arg#*=}" ;;
+        # cosmos-predict1's launch (seed 004): torchrun ... --config=.../config.py -- experiment=NAME
+        --config=*) bad "--config is cosmos-predict1's config file; here the experiment's name picks its whole recipe: bash train.sh --EXP=NAME (docs/porting.md)" ;;
+        --) ;;
         -*) bad "$(diffusers_flag "$arg" || echo "unknown option '$arg'")" ;;
+        experiment=*) bad "experiment=${arg#*=} is cosmos-predict1's Hydra override; here: bash train.sh --EXP=${arg#*=} dataset_path=DIR model_path=FILE (docs/porting.md)" ;;
         *=*) OVERRIDES+=("$arg")
              case "${arg,,}" in parity=true|parity=1|parity=yes|parity=on) PARITY=1 ;; esac ;;
         *) bad "unexpected argument '$arg' (options are --name=value, overrides key=value)" ;;

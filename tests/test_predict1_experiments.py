@@ -174,3 +174,18 @@ def test_predict1_loss_is_the_same_on_two_fsdp_ranks_as_on_one_process(tmp_path)
     two = losses(tmp_path / "two", "--nproc_per_node=2", "parallelism=fsdp", "batch_size=2")
     assert len(one) == len(two) == 2
     assert all(abs(a - b) <= 1e-5 * abs(b) for a, b in zip(two, one)), (one, two)
+
+
+@pytest.mark.parametrize("name", SEED004)
+def test_the_seeds_launch_arguments_given_to_train_sh_name_our_command(name):
+    """The seed's `torchrun ... -m cosmos_predict1.diffusion.training.train --config=... -- experiment=NAME`,
+    its arguments handed to train.sh: refused at once (exit 2) with the command to type instead."""
+    def first_error(*args):
+        proc = subprocess.run(["bash", str(REPO / "train.sh"), *args], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        return proc.stderr.splitlines()[0]
+
+    assert f"here: bash train.sh --EXP={name} dataset_path=DIR model_path=FILE" in \
+        first_error("--nproc_per_node=8", "--", f"experiment={name}")
+    assert "here the experiment's name picks its whole recipe: bash train.sh --EXP=NAME" in \
+        first_error("--config=cosmos_predict1/diffusion/training/config/config.py", "--", f"experiment={name}")
