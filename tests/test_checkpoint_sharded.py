@@ -290,3 +290,27 @@ def test_train_sh_fsdp2_resumes_from_a_sharded_and_from_a_converted_checkpoint_b
     for f in ("rank_00000.pt", "rank_00001.pt"):  # (torch's global RNG differs: the DataLoader draws its
         # base seed when the resumed run creates its iterator; the loss draws are counter-based)
         assert_same(_load(tmp_path / "ref_4" / f)["loader"], _load(tmp_path / "sharded_4" / f)["loader"], f)
+
+
+@pytest.mark.slow
+def test_lora_run_with_sharded_checkpoints_stores_only_adapters_writes_the_lora_file_and_resumes_exactly(tmp_path):
+    import shutil
+
+    from cosmos_hal.train import experiments
+    from cosmos_hal.train import sharded_checkpoint as sharded
+    from cosmos_hal.train.trainer import train
+
+    args = [f"output_dir={tmp_path}", "lora.kind=lora", "lora.rank=4", "logging_iter=1", "save_iter=2", "max_iter=3",
+            "checkpoint.format=sharded", "data.num_workers=0", "keep_last=5"]
+    train(experiments.get("tiny_video2world_synthetic", args))
+    ref = losses(tmp_path)
+    root = tmp_path / "checkpoints"
+    two = root / "iter_000000002"
+    assert (two / "pytorch_lora_weights.safetensors").is_file()
+    stored = [k for k in sharded.read_metadata(two).state_dict_metadata if k.startswith("model.")]
+    assert stored and all(".lora_" in k for k in stored)  # the frozen base is not in the checkpoint
+    shutil.rmtree(root / "iter_000000003")
+    (root / "latest_checkpoint.txt").write_text("iter_000000002\n")
+    os.remove(tmp_path / "metrics.jsonl")
+    train(experiments.get("tiny_video2world_synthetic", args))
+    assert losses(tmp_path) == {3: ref[3]}
