@@ -180,27 +180,30 @@ def _candidates(exp, world_size: int) -> list[list[str]]:
         out += [[f"data.num_frames={f}"] for f in (61, 45, 29, 21) if f < exp.data.num_frames]
     out += [[f"data.height={h}", f"data.width={w}"] for h, w in ((432, 768), (352, 640), (256, 448))
             if h * w < exp.data.height * exp.data.width]
-    offload = ["memory=offload_params"]
-    out += [offload + c for c in list(out) if not c[0].startswith("memory=")]
+    if exp.memory != "auto":  # auto already tries every placement with each change
+        out += [["memory=offload_params"] + c for c in list(out) if not c[0].startswith("memory=")]
     return out
 
 
-def suggestions(exp, world_size: int, usable_bytes: float, headroom: float = HEADROOM, limit: int = 3):
-    """Up to ``limit`` (overrides, estimate) that fit, in the order of ``_candidates``."""
+def suggestions(exp, world_size: int, usable_bytes: float, headroom: float = HEADROOM, limit: int = 4):
+    """Up to ``limit`` (overrides, placement, estimate) that fit, the first of each kind (the keys
+    they set) in the order of ``_candidates``; placement is what memory=auto would then take."""
     from cosmos_hal.train.experiments import apply_overrides
 
-    found = []
+    found, kinds = [], set()
     for overrides in _candidates(exp, world_size):
+        kind = tuple(sorted(o.split("=", 1)[0] for o in overrides))
+        if kind in kinds:
+            continue
         try:
             alt = apply_overrides(exp, overrides)
         except ExperimentError:
             continue
-        mem = "device" if alt.memory == "auto" else alt.memory
-        modes = MEMORY_MODES if alt.memory == "auto" else (mem,)
-        for mode in modes:
+        for mode in (MEMORY_MODES if alt.memory == "auto" else (alt.memory,)):
             est = estimate(alt, world_size, mode)
             if fits(est, usable_bytes, headroom):
-                found.append((overrides, est))
+                found.append((overrides, mode, est))
+                kinds.add(kind)
                 break
         if len(found) >= limit:
             break
@@ -219,7 +222,9 @@ def explain(exp, world_size: int, usable_bytes: float, headroom: float = HEADROO
     found = suggestions(exp, world_size, usable_bytes, headroom)
     if found:
         lines.append("Any of these fits (estimate per device):")
-        lines += [f"  {' '.join(o)}   (~{e.peak / GIB:.1f} GiB)" for o, e in found]
+        lines += [f"  {' '.join(o)}   (~{e.peak / GIB:.1f} GiB" + (f", memory={m} by auto)" if m != "device"
+                                                               and not any(x.startswith("memory=") for x in o) else ")")
+                  for o, m, e in found]
     else:
         lines.append("No single change found that fits: use more processes (--nproc_per_node) with "
                      "context_parallel, or a smaller shape (data.num_frames=, data.height=, data.width=).")
