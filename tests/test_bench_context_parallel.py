@@ -62,6 +62,10 @@ def test_ratio_is_cp_samples_per_second_over_dp_samples_per_second(tmp_path):
     assert cp_skip == 5 and dp_skip == 3  # the two profiled iterations are not timed
     assert "COSMOS_HAL_PROFILE=4-5" in cp_cmd and "context_parallel=2" in cp_cmd and "max_iter=10" in cp_cmd
     assert "--nproc_per_node=2" in dp_cmd and "context_parallel=1" in dp_cmd and "max_iter=8" in dp_cmd
+    assert [j.name for j, _, _ in bench_cp.plan(REPO, "x", "9x32x64", nproc=2, cp=2, warmup=1, steady=1, work="w",
+                                                   extra=[], runs=("before",), before_repo="/old")] == ["cp2_before"]
+    with pytest.raises(ValueError, match="runs \\['after'\\]: choose from cp, dp, before"):
+        bench_cp.plan(REPO, "x", "9x32x64", nproc=2, cp=2, warmup=1, steady=1, work="w", extra=[], runs=("after",))
     _fake_metrics(cp_job, [30, 5, 5, 9, 9, 4.0, 4.2, 4.1, 4.4, 4.0])  # median of 6..10: 4.1
     _fake_metrics(dp_job, [30, 6, 6, 7.0, 7.2, 7.1, 7.0, 7.3])  # median of 4..8: 7.1
     rep = bench_cp.report([(cp_job, cp_skip), (dp_job, dp_skip)], nproc=2, cp=2, batch=1, device="x", work=str(tmp_path))

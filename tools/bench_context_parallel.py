@@ -35,6 +35,8 @@ def parse_args(argv=None):
     p.add_argument("--profile", choices=("on", "off"), default="on",
                    help="profile two iterations of the CP run after its warm-up (%(default)s)")
     p.add_argument("--before-repo", default="", help="also run the CP job from this checkout (the code before a change)")
+    p.add_argument("--runs", default="cp,dp,before", help="which runs: cp (context_parallel=--cp), dp "
+                   "(context_parallel=1), before (needs --before-repo) (%(default)s)")
     p.add_argument("--timeout-s", type=float, default=300, help="per run (%(default)s)")
     p.add_argument("--work", default="bench_cp_runs", help="folder for the runs' outputs (%(default)s)")
     p.add_argument("--out", default="", help="JSON report")
@@ -60,7 +62,7 @@ def main(argv=None) -> int:
     work = os.path.abspath(args.work)
     planned = bench_cp.plan(REPO, args.exp, args.shape, nproc=args.nproc, cp=args.cp, warmup=args.warmup,
                             steady=args.steady, work=work, extra=args.overrides, profile=args.profile == "on",
-                            before_repo=args.before_repo)
+                            before_repo=args.before_repo, runs=tuple(r.strip() for r in args.runs.split(",") if r.strip()))
     device = ", ".join(backend_mod.current().device_names())
 
     def write_report() -> str:  # after every run: a call cut short still leaves what finished

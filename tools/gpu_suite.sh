@@ -103,31 +103,31 @@ multigpu() {  # DDP, FSDP2, context_parallel=2 and a two-node launch equal one p
 }
 
 cp_bench() {  # issue 19 point 2: CP samples/s over DP samples/s on the same two GPUs (goal >= 85 %)
-    # CP_BEFORE=<git rev>: also the CP run from that commit (a worktree; a few minutes more, so a call of its own)
-    local before=()
+    # CP_BEFORE=<folder or git rev>: also the CP run of that code (e.g. a folder made here with
+    # `git archive 1611c01 | tar -x -C cp_before`); CP_RUNS=before runs only that one (each run ~3 min)
+    local before=() src=""
     if [ -n "${CP_BEFORE:-}" ]; then
-        rm -rf /tmp/cp_before
-        git worktree add --detach /tmp/cp_before "$CP_BEFORE" >/dev/null 2>&1 \
-            && ln -sfn ../backends /tmp/cp_before/cosmos_hal/backends && before=(--before-repo /tmp/cp_before)
+        if [ -d "$CP_BEFORE" ]; then
+            src=$(cd "$CP_BEFORE" && pwd)
+        else
+            rm -rf /tmp/cp_before
+            git worktree add --detach /tmp/cp_before "$CP_BEFORE" >/dev/null 2>&1 && src=/tmp/cp_before
+        fi
+        if [ -n "$src" ]; then
+            ln -sfn ../backends "$src/cosmos_hal/backends" 2>/dev/null
+            before=(--before-repo "$src")
+        else
+            echo "CP_BEFORE=$CP_BEFORE: neither a folder nor a git revision here; running without it"
+        fi
     fi
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step cp_bench "${CP_TIMEOUT:-570}" $PY tools/bench_context_parallel.py \
         --shape "${CP_SHAPE:-93x704x1280}" --nproc 2 --cp 2 --warmup "${WARMUP:-3}" --steady "${ITERS:-5}" \
-        --timeout-s "${JOB_TIMEOUT:-275}" --work /tmp/cp_runs ${before[@]+"${before[@]}"} --out "$OUT/cp_bench.json" \
-        --md "$OUT/cp_bench.md"
+        --runs "${CP_RUNS:-cp,dp,before}" --timeout-s "${JOB_TIMEOUT:-275}" --work /tmp/cp_runs \
+        ${before[@]+"${before[@]}"} --out "$OUT/cp_bench.json" --md "$OUT/cp_bench.md"
     cp /tmp/cp_runs/cp2/profile/summary_rank*.json "$OUT/" 2>/dev/null
     gzip -c /tmp/cp_runs/cp2/profile/trace_rank0.json >"$OUT/cp2_trace_rank0.json.gz" 2>/dev/null
     (cd /tmp/cp_runs && find . \( -name '*.log' -o -name '*.jsonl' \) -print0 \
         | tar -czf "$OUT/cp_bench_logs.tgz" --null -T -) 2>/dev/null
-}
-
-memory_measure() {  # per-block memory/time (about 1 minute), then six train.sh runs within 6 minutes
-    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step memory_measure "${MEMORY_MEASURE_TIMEOUT:-500}" \
-        $PY tools/measure_memory.py --time-budget-s "${RUNS_BUDGET_S:-380}" --run-timeout-s "${RUN_TIMEOUT_S:-90}" \
-        ${MEMORY_MEASURE_ARGS:-} --work /tmp/measure_memory_runs --out "$OUT/memory_measure.json" \
-        --md "$OUT/memory_measure.md"
-    step plan_14b 60 $PY tools/plan_14b.py --measured "$OUT/memory_measure.json" --json "$OUT/plan_14b.json"
-    (cd /tmp/measure_memory_runs && find . \( -name '*.log' -o -name '*.jsonl' \) -print0 \
-        | tar -czf "$OUT/memory_measure_logs.tgz" --null -T -) 2>/dev/null
 }
 
 infer_bench() {

@@ -16,28 +16,35 @@ from dataclasses import asdict
 from cosmos_hal.bench import train_sh
 
 
+RUNS = ("cp", "dp", "before")
+
+
 def plan(repo: str, exp: str, shape: str, *, nproc: int, cp: int, warmup: int, steady: int, work: str,
-         extra: list[str], profile: bool = True, before_repo: str = "") -> list[tuple[train_sh.Job, list[str], int]]:
-    """(job, command, iterations to skip) for: context_parallel=cp on nproc processes (profiled),
-    context_parallel=1 on nproc processes (each its own sample), and optionally the CP run from
-    another checkout (``before_repo``: the code before a change)."""
+         extra: list[str], profile: bool = True, before_repo: str = "",
+         runs: tuple = ("cp", "dp", "before")) -> list[tuple[train_sh.Job, list[str], int]]:
+    """(job, command, iterations to skip) for the ``runs`` asked: "cp", context_parallel=cp on
+    nproc processes (profiled); "dp", context_parallel=1 on nproc processes (each its own
+    sample); "before", the CP run from another checkout (``before_repo``: the code before a
+    change; skipped without one)."""
+    unknown = sorted(set(runs) - set(RUNS))
+    if unknown:
+        raise ValueError(f"runs {unknown}: choose from {', '.join(RUNS)}")
     out = []
 
     def add(name, overrides, skip, env=(), repo_dir=repo):
         job = train_sh.Job(name, "train", shape, "full", "default", out_dir=os.path.join(work, name))
-        iters = skip + steady
-        cmd = train_sh.train_command(repo_dir, exp, job, iters=iters, lora_rank=0, nproc=nproc,
+        cmd = train_sh.train_command(repo_dir, exp, job, iters=skip + steady, lora_rank=0, nproc=nproc,
                                      extra=[*overrides, *extra])
         out.append((job, (["env", *env] if env else []) + cmd, skip))
 
     window = f"{warmup + 1}-{warmup + 2}"
     prof_env = [f"COSMOS_HAL_PROFILE={window}", f"COSMOS_HAL_PROFILE_DIR={os.path.join(work, f'cp{cp}', 'profile')}"]
-    add(f"cp{cp}", [f"context_parallel={cp}"], warmup + (2 if profile else 0),
-        env=prof_env if profile else ())
-    add("cp1", ["context_parallel=1"], warmup)
-    if before_repo:
-        add(f"cp{cp}_before", [f"context_parallel={cp}"], warmup,
-            repo_dir=before_repo)
+    if "cp" in runs:
+        add(f"cp{cp}", [f"context_parallel={cp}"], warmup + (2 if profile else 0), env=prof_env if profile else ())
+    if "dp" in runs:
+        add("cp1", ["context_parallel=1"], warmup)
+    if "before" in runs and before_repo:
+        add(f"cp{cp}_before", [f"context_parallel={cp}"], warmup, repo_dir=before_repo)
     return out
 
 
