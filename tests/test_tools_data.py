@@ -63,25 +63,9 @@ def test_make_synthetic_dataset_tool_writes_a_loadable_dataset(tmp_path, layout,
 @pytest.fixture(scope="module")
 def tiny_t5(tmp_path_factory):
     """A 1-layer d_model=16 T5 encoder and a word-level tokenizer, saved like a real one."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+    from cosmos_hal.data.synthetic import write_tiny_text_encoder
 
-    words = ("a the robot arm is performing task red green blue yellow magenta cyan white orange square circle "
-             "moving up down left right and to of with background bouncing off edges black grey navy olive").split()
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for w in words:
-        vocab.setdefault(w, len(vocab))
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-    torch.manual_seed(0)
-    model = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2))
-    path = tmp_path_factory.mktemp("t5")
-    model.save_pretrained(path)
-    fast.save_pretrained(path)
-    return path
+    return write_tiny_text_encoder(tmp_path_factory.mktemp("t5"), d_model=16, d_kv=4)
 
 
 def _reference_embedding(encoder_dir, caption):

@@ -145,7 +145,62 @@ def fit_to_resolution(frames: torch.Tensor, resolution, mode: str = "stretch") -
     return frames[..., top:top + th, left:left + tw]
 
 
-class CosmosDataset(Dataset):
+class SampleSet(Dataset):
+    """What every dataset here shares: ``samples`` (each with ``media`` and ``stem``), the record of
+    bad files (each warned about once), the epoch, and the sample dict the loader batches."""
+
+    samples: list
+    bad: dict[str, str]
+    epoch: int = 0
+    latent_cache: LatentCache | None = None
+
+    @property
+    def bad_samples(self) -> int:
+        """How many distinct files were found bad (and skipped) so far in this process."""
+        return len(self.bad)
+
+    def _record_bad(self, path: str, problem: str) -> None:
+        if path not in self.bad:
+            log.warning("skipping bad sample: %s", problem)
+        self.bad[path] = problem
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose what this epoch draws (frame windows, one of several captions)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def item(self, index: int, frames: np.ndarray, size, resize_mode: str, *, emb: np.ndarray, mask: np.ndarray,
+             caption: str, fps: float, start: int = 0) -> dict:
+        """The sample dict: (T, H, W, 3) uint8 ``frames`` fitted to ``size`` and scaled to [-1, 1] as
+        (C, T, H, W), the text rows and mask, and the cached latents of this window when there are some."""
+        s = self.samples[index]
+        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # T, C, H, W uint8
+        video = fit_to_resolution(video, size, resize_mode)
+        video = video.permute(1, 0, 2, 3).float().div_(127.5).sub_(1.0).contiguous()  # C, T, H, W
+        t, (h, w) = video.shape[1], video.shape[-2:]
+        item = {
+            "video": video,
+            "t5_text_embeddings": torch.from_numpy(emb),
+            "t5_text_mask": torch.from_numpy(mask),
+            "caption": caption,
+            "fps": fps,
+            "num_frames": t,
+            "frame_start": start,
+            "path": str(s.media),
+            "index": int(index),
+            "padding_mask": torch.zeros(1, h, w),
+            "image_size": torch.tensor([h, w, h, w]),
+        }
+        if self.latent_cache is not None:
+            latents = self.latent_cache.get(s.stem, start, t, (h, w))
+            if latents is not None:
+                item["latents"] = latents
+        return item
+
+
+class CosmosDataset(SampleSet):
     """Clips (or images) with their T5 embeddings; see the module docstring."""
 
     def __init__(
@@ -206,16 +261,6 @@ class CosmosDataset(Dataset):
 
     # -- bookkeeping --------------------------------------------------------------------------
 
-    @property
-    def bad_samples(self) -> int:
-        """How many distinct files were found bad (and skipped) so far in this process."""
-        return len(self.bad)
-
-    def _record_bad(self, path: str, problem: str) -> None:
-        if path not in self.bad:
-            log.warning("skipping bad sample: %s", problem)
-        self.bad[path] = problem
-
     def _infer_embed_dim(self) -> int:
         errors = []
         for s in self.samples:
@@ -230,13 +275,6 @@ class CosmosDataset(Dataset):
     @property
     def _what(self) -> str:
         return f"{self.features.label} embedding"
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose which frame windows this epoch draws."""
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.samples)
 
     def __repr__(self) -> str:
         return (f"CosmosDataset({self.root}, layout={self.layout}, {len(self)} samples, "
@@ -292,28 +330,8 @@ class CosmosDataset(Dataset):
                              what=self._what)
         emb, mask = self.features.rows(emb, self.num_tokens, s.embedding)
         frames, fps, start = self._frames(index, s)
-        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # T, C, H, W uint8
-        video = fit_to_resolution(video, self.resolution, self.resize_mode)
-        video = video.permute(1, 0, 2, 3).float().div_(127.5).sub_(1.0).contiguous()  # C, T, H, W
-        h, w = video.shape[-2:]
-        item = {
-            "video": video,
-            "t5_text_embeddings": torch.from_numpy(emb),
-            "t5_text_mask": torch.from_numpy(mask),
-            "caption": caption,
-            "fps": fps,
-            "num_frames": self.num_frames,
-            "frame_start": start,
-            "path": str(s.media),
-            "index": int(index),
-            "padding_mask": torch.zeros(1, h, w),
-            "image_size": torch.tensor([h, w, h, w]),
-        }
-        if self.latent_cache is not None:
-            latents = self.latent_cache.get(s.stem, start, self.num_frames, (h, w))
-            if latents is not None:
-                item["latents"] = latents
-        return item
+        return self.item(index, frames, self.resolution, self.resize_mode, emb=emb, mask=mask, caption=caption,
+                         fps=fps, start=start)
 
     def __getitem__(self, index: int) -> dict | None:
         try:

@@ -29,13 +29,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.utils.data import Dataset
-
 from cosmos_hal import rng
 from cosmos_hal.data.buckets import Bucket, bucket_for
-from cosmos_hal.data.datasets import IMAGE_FPS, fit_to_resolution
+from cosmos_hal.data.datasets import IMAGE_FPS, SampleSet
 from cosmos_hal.data.errors import SKIP_BAD_SAMPLES, BadSampleError, DatasetError
 from cosmos_hal.data.latent_cache import as_latent_cache
 from cosmos_hal.data.t5_pickle import NUM_T5_TOKENS, pad_embedding, read_t5_pickle
@@ -138,7 +134,7 @@ def scan(root, *, caption_strategy: str, instance_prompt: str = "", area: int, m
     return good, bad
 
 
-class ImageFolderDataset(Dataset):
+class ImageFolderDataset(SampleSet):
     """Images + cached T5 embeddings, each at its bucket's size; see the module docstring."""
 
     def __init__(self, samples: list[ImageSample], text_cache, *, root, seed: int = 0,
@@ -167,21 +163,6 @@ class ImageFolderDataset(Dataset):
     def buckets(self) -> list[Bucket]:
         return [s.bucket for s in self.samples]
 
-    @property
-    def bad_samples(self) -> int:
-        return len(self.bad)
-
-    def _record_bad(self, path: str, problem: str) -> None:
-        if path not in self.bad:
-            log.warning("skipping bad sample: %s", problem)
-        self.bad[path] = problem
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
     def __repr__(self) -> str:
         return f"ImageFolderDataset({self.root}, {len(self)} images in {len(self._members)} bucket(s))"
 
@@ -205,28 +186,8 @@ class ImageFolderDataset(Dataset):
             pixels = read_image(s.media)
         except Exception as err:
             raise BadSampleError(f"{s.media}: cannot decode image ({err}); replace or remove it") from None
-        frames = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]  # 1, C, H, W uint8
-        frames = fit_to_resolution(frames, s.bucket, self.resize_mode)
-        video = frames.permute(1, 0, 2, 3).float().div_(127.5).sub_(1.0).contiguous()  # C, 1, H, W
-        h, w = video.shape[-2:]
-        item = {
-            "video": video,
-            "t5_text_embeddings": torch.from_numpy(emb),
-            "t5_text_mask": torch.from_numpy(mask),
-            "caption": caption,
-            "fps": IMAGE_FPS,
-            "num_frames": 1,
-            "frame_start": 0,
-            "path": str(s.media),
-            "index": int(index),
-            "padding_mask": torch.zeros(1, h, w),
-            "image_size": torch.tensor([h, w, h, w]),
-        }
-        if self.latent_cache is not None:
-            latents = self.latent_cache.get(s.stem, 0, 1, (h, w))
-            if latents is not None:
-                item["latents"] = latents
-        return item
+        return self.item(index, pixels[None], s.bucket, self.resize_mode, emb=emb, mask=mask, caption=caption,
+                         fps=IMAGE_FPS)
 
     def __getitem__(self, index: int) -> dict | None:
         """The sample, or with skip_bad_samples the next good one of the same bucket."""

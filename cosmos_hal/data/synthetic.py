@@ -163,28 +163,36 @@ def make_synthetic_dataset(
     return root
 
 
-_WORDS = ("a background with moving up down and to the left right bouncing off edges , ." .split()
-          + list(_COLOURS) + list(_BACKGROUNDS) + list(_SHAPES))
+_WORDS = ("a background with moving up down and to the left right bouncing off edges of , . robot arm is performing task"
+          .split() + list(_COLOURS) + list(_BACKGROUNDS) + list(_SHAPES))
 
 
-def write_tiny_text_encoder(folder, *, d_model: int, seed: int = 0) -> Path:
-    """A one-layer T5 encoder (random weights from ``seed``) and a word-level tokenizer of the
-    synthetic captions' words, saved with save_pretrained: what the tiny image-folder experiment
-    embeds its captions with, so it runs with no download. torch's global RNG is left as it was."""
+def word_tokenizer(words, *, punctuation: bool = True):
+    """A T5-style tokenizer over a fixed word list (lower-cased, ``</s>`` appended, ``<pad>`` 0),
+    built offline; ``punctuation`` splits it off words (else only whitespace splits)."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+    from transformers import PreTrainedTokenizerFast
 
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for w in _WORDS:
+    for w in words:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace() if punctuation else pre_tokenizers.WhitespaceSplit()
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
+def write_tiny_text_encoder(folder, *, d_model: int, seed: int = 0, d_kv: int = 16) -> Path:
+    """A one-layer T5 encoder (random weights from ``seed``) and a word-level tokenizer of the
+    synthetic captions' words, saved with save_pretrained: what the tiny image-folder experiment
+    embeds its captions with, so it runs with no download. torch's global RNG is left as it was."""
+    from transformers import T5Config, T5EncoderModel
+
+    tokenizer = word_tokenizer(_WORDS)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = T5EncoderModel(T5Config(vocab_size=len(vocab), d_model=d_model, d_kv=16, d_ff=2 * d_model,
+        model = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=d_kv, d_ff=2 * d_model,
                                         num_layers=1, num_heads=2))
     folder = Path(folder)
     model.save_pretrained(folder)
