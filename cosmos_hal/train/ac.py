@@ -445,7 +445,8 @@ def device_budget(headroom: float = 0.10, stats: dict | None = None) -> DeviceBu
 
 def auto_plan(model, forward, *, total_bytes: int, headroom: float = 0.10, autocast_dtype=torch.bfloat16,
               device_type: str | None = None, batch: int = 1, state_shards: int = 1,
-              bf16_params: bool = False, ema_shadows: bool = False) -> tuple[list[str], BlockMemory, float]:
+              bf16_params: bool = False, ema_shadows: bool = False,
+              state_bytes: float | None = None) -> tuple[list[str], BlockMemory, float]:
     """Per-block modes for ``model`` sized to ``total_bytes`` of device memory, in one call.
 
     ``forward()`` runs one real training forward (it is stopped at block 0); block 0 is then
@@ -453,7 +454,10 @@ def auto_plan(model, forward, *, total_bytes: int, headroom: float = 0.10, autoc
     fewer (activations scale linearly). ``state_shards``: FSDP's world size (weights, grads and
     optimizer states are split that many ways). ``bf16_params``: FSDP2 gathers blocks in bf16
     (no autocast weight copies; two gathered blocks instead). ``ema_shadows``: the EMA's fp32
-    copies of the trainable weights live on the device too. Returns (modes, the probe, the activation budget).
+    copies of the trainable weights live on the device too. ``state_bytes``: all of that per device
+    when the caller knows it better (train/memory_plan's estimate, which counts offloaded and
+    compact optimizer states); it replaces the three arguments before it.
+    Returns (modes, the probe, the activation budget).
     Call it after adapters are added and before compile; gradients it makes are cleared."""
     args, kwargs = capture_block_inputs(model, forward)
     memory = probe_block_memory(model, args, kwargs, autocast_dtype=autocast_dtype, device_type=device_type)
@@ -461,12 +465,14 @@ def auto_plan(model, forward, *, total_bytes: int, headroom: float = 0.10, autoc
     model.zero_grad(set_to_none=True)
     del args, kwargs
     gc.collect()
-    if bf16_params:  # FSDP2 bf16 param policy: no autocast copies; two blocks gathered in bf16
+    if state_bytes is not None:
+        persistent = float(state_bytes)
+    elif bf16_params:  # FSDP2 bf16 param policy: no autocast copies; two blocks gathered in bf16
         block_params = sum(p.numel() for p in transformer_blocks(model)[0].parameters())
         persistent = persistent_bytes(model, autocast_weight_bytes=0) / max(1, state_shards) + 2 * 2 * block_params
     else:
         persistent = persistent_bytes(model) / max(1, state_shards)
-    if ema_shadows:  # fp32 EMA copies of the trainable weights (train/ema.py), sharded like them
+    if ema_shadows and state_bytes is None:  # fp32 EMA copies of the trainable weights (train/ema.py), sharded
         persistent += 4 * sum(p.numel() for p in model.parameters() if p.requires_grad) / max(1, state_shards)
     budget = activation_budget(total_bytes=total_bytes, persistent_bytes=persistent,
                                backward_peak_bytes=memory.backward_peak, other_bytes=6 * memory.output,

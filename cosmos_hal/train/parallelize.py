@@ -66,13 +66,17 @@ def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device, *,
     shape = Shape(frames, exp.data.height, exp.data.width, text_tokens=preset.text_max_length)
     inp = make_inputs(preset, shape, device, seed=exp.seed)
     amp = torch.bfloat16 if exp.precision == "bf16" else None
+    from cosmos_hal.train.memory_plan import estimate
+
     budget = shared_budget(cap_gb=exp.memory_cap_gb)
     fsdp = uses_fsdp(exp, world_size)
+    est = estimate(exp, world_size)  # the state where exp.memory put it, moments as optim.name stores them
     modes, memory, act_budget = ac.auto_plan(
         model, lambda: forward_loss(model, inp, amp_dtype=amp, device_type=device.type), total_bytes=budget.usable,
         headroom=budget.headroom, autocast_dtype=amp, device_type=device.type,
         batch=exp.batch_size / exp.context_parallel, state_shards=world_size if fsdp else 1,
-        bf16_params=fsdp and amp is not None, ema_shadows=exp.ema.enabled)
+        bf16_params=fsdp and amp is not None, ema_shadows=exp.ema.enabled,
+        state_bytes=est.weights + est.grads + est.optimizer + est.ema + est.gathered + est.autocast)
     del inp
     counts = ", ".join(f"{m} {modes.count(m)}" for m in ac.LADDER if modes.count(m))
     if not budget.total:
