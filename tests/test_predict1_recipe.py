@@ -230,3 +230,20 @@ def test_fitting_the_uncertainty_drives_the_loss_negative():
         opt.step()
     assert float(edm) > 0 > losses[-1] and losses[-1] < losses[0] - 0.5
     assert abs(losses[-1] - (1 + math.log(float(edm)))) < 0.5  # near the optimum mean(1 + log edm_b)
+
+
+def test_the_trained_head_of_an_upstream_checkpoint_is_loaded(tmp_path):
+    """cosmos-predict1's model.pt holds logvar.0.freqs / logvar.0.phases / logvar.1.weight beside
+    net.*; they replace the seeded head. A file without them leaves the head as it was."""
+    head, want = L.LogVarHead(seed=0), L.LogVarHead(seed=9)
+    ckpt = {"model": {"net.x_embedder.proj.1.weight": torch.zeros(2, 2), "logvar.0.freqs": want.freqs,
+                      "logvar.0.phases": want.phases, "logvar.1.weight": want.linear.weight.detach()}}
+    torch.save(ckpt, tmp_path / "model.pt")
+    assert L.load_upstream_logvar(head, str(tmp_path / "model.pt"))
+    for name, value in want.state_dict().items():
+        assert torch.equal(head.state_dict()[name], value)
+    torch.save({"model": {"net.x": torch.zeros(1)}}, tmp_path / "plain.pt")
+    other = L.LogVarHead(seed=0)
+    assert not L.load_upstream_logvar(other, str(tmp_path / "plain.pt"))
+    assert not L.load_upstream_logvar(other, str(tmp_path))  # a folder (diffusers): nothing to read
+    assert torch.equal(other.linear.weight, L.LogVarHead(seed=0).linear.weight)

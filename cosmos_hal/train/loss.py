@@ -262,6 +262,45 @@ def attach_logvar(model: nn.Module, *, seed: int, trainable: bool = True) -> Log
     return head
 
 
+# cosmos-predict1's model.pt keeps the trained head beside net.* (diffusers' conversion drops it)
+UPSTREAM_LOGVAR_KEYS = {"logvar.0.freqs": "freqs", "logvar.0.phases": "phases", "logvar.1.weight": "linear.weight"}
+
+
+def _find_logvar(obj, depth: int = 0):
+    if isinstance(obj, dict):
+        if all(k in obj for k in UPSTREAM_LOGVAR_KEYS):
+            return obj
+        if depth < 3:
+            for value in obj.values():
+                found = _find_logvar(value, depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def load_upstream_logvar(head: LogVarHead, path) -> bool:
+    """Copy the trained head of a cosmos-predict1 checkpoint file (``logvar.0.freqs``,
+    ``logvar.0.phases``, ``logvar.1.weight``) into ``head``, so training starts where upstream's
+    does. Memory-mapped: only the three small tensors are read. False (head unchanged) for a
+    diffusers folder or a file without them."""
+    import os
+
+    if not (os.path.isfile(path) and str(path).endswith((".pt", ".pth", ".ckpt"))):
+        return False
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint, or pickled extra state: keep the seeded head
+        return False
+    found = _find_logvar(obj)
+    if found is None:
+        return False
+    with torch.no_grad():
+        for key, name in UPSTREAM_LOGVAR_KEYS.items():
+            target = head.get_parameter(name) if name == "linear.weight" else head.get_buffer(name)
+            target.copy_(found[key].to(device=target.device, dtype=target.dtype).reshape(target.shape))
+    return True
+
+
 def edm_scaling(sigma: torch.Tensor, sigma_data: float):
     """EDMScaling (modules/denoiser_scaling.py L25-30): c_skip, c_out, c_in, c_noise."""
     sd2 = sigma_data**2
