@@ -11,6 +11,19 @@
 
 Nothing here names a device; on the CPU (no counters) the memory figures are 0 and only the
 code path and times are exercised (CI, tiny shapes).
+
+The JSON (what tools/plan_14b.py --measured reads; GiB are 2^30 bytes)::
+
+    {"device": str, "backend": str, "date": str, "versions": {...},
+     "blocks": {"<preset>@<FxHxW>": {"preset", "shape", "tokens", "hidden", "batch": 1, "autocast",
+                "cap_gb", "cap_fraction",
+                "saved_gb": {mode: GiB kept from forward to backward, or null if it ran out of memory},
+                "output_gb": the block output, "backward_peak_gb": largest backward transient,
+                "ms": {mode: median ms of one forward+backward, or null}, "oom": [modes]}},
+     "runs": [{"name", "experiment", "mode": "full"|"lora", "shape", "cap_gb", "rc", "memory_line",
+               "stop_message", "s_per_step", "peak_gb", "ac_line", "wall_s"}]}
+
+mode is one of full, selective, selective_mm, none (train/ac.py).
 """
 
 from __future__ import annotations
