@@ -85,6 +85,48 @@ def _has_tensorboard() -> bool:
     return True
 
 
+def test_validator_renders_the_ema_weights_and_leaves_weights_and_rng_as_they_were(tmp_path):
+    """Any Text2Image layout: prompts embedded on demand into <output_dir>/t5_cache with
+    data.text_encoder_path; the EMA shadows are what renders; the live weights come back bit for bit."""
+    import torch
+    from PIL import Image
+
+    import cosmos_hal.backend as backend_mod
+    from cosmos_hal import dist
+    from cosmos_hal.data.synthetic import write_tiny_text_encoder
+    from cosmos_hal.train.ema import PowerEMA
+    from cosmos_hal.train.metrics import MetricsLogger
+    from cosmos_hal.train.trainer import build_model, build_vae_for
+    from cosmos_hal.train.validation import Validator
+
+    t5 = write_tiny_text_encoder(tmp_path / "t5", d_model=64)
+    exp = experiments.get("tiny_text2image_synthetic", [f"output_dir={tmp_path / 'out'}", f"data.text_encoder_path={t5}",
+                                                        "validation_every=3", "validation_prompts=a red square",
+                                                        "validation_steps=1"])
+    world, logger = dist.world(), MetricsLogger(str(tmp_path / "out"), enabled=True, total=1)
+    model, preset = build_model(exp, world.device)
+    vae = build_vae_for(exp, world.device)
+    ema = PowerEMA(model, exp.ema.gamma)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05)  # the live weights move away from their EMA
+    live = {n: p.detach().clone() for n, p in model.named_parameters()}
+    kw = dict(model=model, vae=vae, preset=preset, backend=backend_mod.current())
+    torch.manual_seed(7)
+    with_ema = Validator(exp, world, logger, ema=ema, **kw).run(3)[0]
+    after = torch.rand(4)
+    torch.manual_seed(7)
+    assert torch.equal(after, torch.rand(4))  # the render drew nothing from torch's generator
+    plain_weights = Validator(exp, world, logger, ema=None, **kw)
+    plain_weights.maybe_run(2)  # not a validation step (every 3): nothing rendered
+    assert not (tmp_path / "out" / "validation" / "step_2").exists()
+    without = plain_weights.run(6)[0]
+    assert all(torch.equal(p, live[n]) for n, p in model.named_parameters()) and model.training
+    assert list((tmp_path / "out" / "t5_cache").glob("*/*.pickle"))  # embedded on demand
+    a, b = (np.asarray(Image.open(f), dtype=np.float64) for f in (with_ema, without))
+    assert a.shape == (32, 32, 3) and np.abs(a - b).mean() > 1.0  # the EMA weights, not the live ones
+
+
 def test_two_ranks_train_as_one_process_of_their_global_batch_and_rank_0_writes_the_images(tmp_path):
     """DDP over gloo: bucketed batches dealt round-robin, validation with every rank taking part."""
     from test_multigpu import RTOL, train_sh

@@ -103,16 +103,16 @@ def prompts_to_cache(exp) -> list[str]:
     return [p for _, p in parse_prompts(exp.validation_prompts)] + [exp.validation_negative_prompt]
 
 
-def fill_cache(cache, texts, world, logger=None) -> dict:
+def fill_cache(cache, texts, world, logger=None, device=None) -> dict:
     """The first process of each node encodes what is missing (fp32, so the files do not depend on
-    the hardware that made them); the others wait."""
+    the hardware that made them; on ``device``, else its own device); the others wait."""
     from cosmos_hal import dist
 
     counts = {"encoded": 0, "reused": len(set(texts))}
     if world.local_rank == 0:
         import torch
 
-        counts = cache.fill(texts, device=world.device, dtype=torch.float32)
+        counts = cache.fill(texts, device=world.device if device is None else device, dtype=torch.float32)
         if logger is not None:
             logger.info(f"T5 cache {cache.folder}: {counts['encoded']} caption(s) encoded, {counts['reused']} reused")
         import cosmos_hal.backend as _backend

@@ -67,7 +67,9 @@ class Validator:
         cache = image_data.open_cache(exp, preset, f"validation_every={exp.validation_every} (to embed "
                                                    "validation_prompts)")
         texts = [p for _, p in self.prompts] + [exp.validation_negative_prompt]
-        image_data.fill_cache(cache, texts, world, logger)
+        # a few prompts: encoded on the host, beside a model that may fill the device (image folders
+        # have them cached with their captions already, before the model was built)
+        image_data.fill_cache(cache, texts, world, logger, device=torch.device("cpu"))
 
         def embed(text):
             arr, _ = pad_embedding(read_t5_pickle(cache.path(text), text_embed_dim=preset.context_dim,
