@@ -93,3 +93,18 @@ def test_a_two_rank_cp_run_profiles_the_iterations_it_is_asked_to(tmp_path):
         assert s["rank"] == rank and s["window"] == [2, 2] and os.path.isfile(s["trace"])
         assert s["comm_ms"] > 0 and any("all_to_all" in t["name"] for t in s["top_comm"]), s["top_comm"]
     assert "profiled iterations 2-2" in (out / "train_node0.log").read_text()
+
+
+def test_num_layers_builds_the_first_blocks_only_and_refuses_released_weights():
+    """The blocks14b benchmark's cut model (gpu_suite.sh: per block = difference of 2 and 4 blocks)."""
+    import torch
+
+    from cosmos_hal.train import experiments, trainer
+
+    exp = experiments.get("tiny_video2world_synthetic", ["num_layers=1"])
+    model, preset = trainer.build_model(exp, torch.device("cpu"))
+    assert len(model.transformer_blocks) == 1 and preset.num_layers == 1
+    with pytest.raises(experiments.ExperimentError, match="num_layers=2 builds a cut model .* drop num_layers="):
+        experiments.get("tiny_video2world_synthetic", ["num_layers=2", "model_path=/released/model"])
+    with pytest.raises(experiments.ExperimentError, match="num_layers=-1: give a block count"):
+        experiments.get("tiny_video2world_synthetic", ["num_layers=-1"])

@@ -11,6 +11,8 @@
 #   bash tools/gpu_suite.sh multigpu         # tests/test_multigpu.py on two GPUs (NCCL)
 #   bash tools/gpu_suite.sh cp_bench         # context_parallel=2 vs each GPU its own sample, 93x704x1280,
 #                                            # two GPUs, with a profile of two CP steps (about 7 minutes)
+#   bash tools/gpu_suite.sh blocks14b        # predict2-14b cut to 2 and 4 blocks, 93x704x1280, FSDP2 over two
+#                                            # GPUs + context_parallel=2: per-block memory and s/step (~5 min)
 #   bash tools/gpu_suite.sh memory_measure   # issue 18: predict2-14b blocks at 93x704x1280 under an 80 GiB
 #                                            # cap, 2B full/LoRA r32 at 93x432x768 via train.sh under 24/40
 #                                            # GiB and uncapped, then tools/plan_14b.py on it (~8 minutes)
@@ -130,6 +132,36 @@ cp_bench() {  # issue 19 point 2: CP samples/s over DP samples/s on the same two
         | tar -czf "$OUT/cp_bench_logs.tgz" --null -T -) 2>/dev/null
 }
 
+blocks14b() {  # issue 19 point 4: per block = the difference of two cut models (num_layers=2, 4)
+    local layers=(${BLOCKS14B_LAYERS:-2 4})
+    for n in "${layers[@]}"; do  # memory=device: the estimate counts the whole 14B, not the cut model
+        PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step "blocks14b_$n" "${BLOCKS14B_TIMEOUT:-280}" bash train.sh \
+            --EXP=predict2_video2world_training_14b_cosmos_nemo_assets --nproc_per_node=2 num_layers="$n" \
+            context_parallel=2 memory=device memory_check=false data.synthetic=true data.synthetic_videos=2 \
+            data.latent_cache=true data.num_workers=1 max_iter="${ITERS:-6}" logging_iter=1 save_at_end=false \
+            save_iter=100000 resume=false output_dir="/tmp/blocks14b_$n" ${BLOCKS14B_ARGS:-}
+        cp "/tmp/blocks14b_$n/metrics.jsonl" "$OUT/blocks14b_${n}_metrics.jsonl" 2>/dev/null
+        grep -h "activation checkpointing\|memory:\|context parallel" "/tmp/blocks14b_$n/train_node0.log" \
+            >"$OUT/blocks14b_${n}_plan.txt" 2>/dev/null
+    done
+    $PY - "$OUT" "${layers[@]}" <<'PYEOF' | tee "$OUT/blocks14b.txt"
+import json, statistics, sys
+out, layers = sys.argv[1], [int(n) for n in sys.argv[2:]]
+rows = {}
+for n in layers:
+    try:
+        recs = [json.loads(line) for line in open(f"{out}/blocks14b_{n}_metrics.jsonl") if line.strip()]
+    except OSError:
+        continue
+    steady = [r["s_per_it"] for r in recs if r["iteration"] > 3] or [float("nan")]
+    rows[n] = (statistics.median(steady), max(r["mem_gb"] for r in recs))
+    print(f"num_layers={n}: {rows[n][0]:.3f} s/step (median after iteration 3), peak {rows[n][1]:.1f} GB per GPU")
+if len(rows) >= 2:
+    (a, (ta, ma)), (b, (tb, mb)) = sorted(rows.items())[0], sorted(rows.items())[-1]
+    print(f"per 14B block (from {a} and {b} blocks): {(tb - ta) / (b - a):.3f} s/step, {(mb - ma) / (b - a):.2f} GB")
+PYEOF
+}
+
 infer_bench() {
     step bench_infer 170 $PY tools/bench_infer.py --json_out "$OUT/bench_infer.json"
     step train_2b_704 200 bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \
@@ -138,12 +170,12 @@ infer_bench() {
     cp /tmp/bench_2b_704/metrics.jsonl "$OUT/train_2b_704_metrics.jsonl" 2>/dev/null
 }
 
-[ $# -gt 0 ] || { sed -n 2,18p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n 2,19p "$0"; exit 2; }
 setup || { echo "setup failed"; exit 1; }
 for part in "$@"; do
     case "$part" in
         setup) ;;
-        check|parity|train_bench|train_bench_704|infer_bench|train_sh_bench|memory_test|multigpu|cp_bench|memory_measure) "$part" ;;
+        check|parity|train_bench|train_bench_704|infer_bench|train_sh_bench|memory_test|multigpu|cp_bench|memory_measure|blocks14b) "$part" ;;
         *) echo "unknown part: $part"; exit 2 ;;
     esac
 done

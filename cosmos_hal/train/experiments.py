@@ -196,6 +196,9 @@ class Experiment:
     # so the global batch is upstream's on the same GPU count
     context_parallel: int = 0
     upstream_context_parallel: int = 1  # NVIDIA's model_parallel.context_parallel_size for this recipe
+    # benchmarks only: build the first N transformer blocks of the preset (0: all); per-block memory
+    # and time come from two such runs (tools/gpu_suite.sh blocks14b); no released weights fit
+    num_layers: int = 0
     compile: bool | None = None
     parity: bool = False  # deterministic algorithms + fixed data order
     resume: bool = True
@@ -369,6 +372,11 @@ def validate(exp: Experiment) -> None:
         raise ExperimentError(f"data.layout={exp.data.layout!r}: choose auto (by what the folder holds), nemo, gr1, "
                               "image or image_folder")
     _validate_image_training(exp)
+    if exp.num_layers < 0:
+        raise ExperimentError(f"num_layers={exp.num_layers}: give a block count (e.g. num_layers=4) or 0 for every block")
+    if exp.num_layers and exp.model_path:
+        raise ExperimentError(f"num_layers={exp.num_layers} builds a cut model for benchmarks; released weights "
+                              f"(model_path={exp.model_path}) hold every block: drop num_layers= or model_path=")
     if exp.optim.name not in ("adamw", "adamw_bf16", "adamw_8bit"):
         raise ExperimentError(f"optim.name={exp.optim.name!r}: choose adamw (fp32 moments), adamw_bf16 or adamw_8bit")
     if not (exp.memory_cap_gb >= 0 and math.isfinite(exp.memory_cap_gb)):

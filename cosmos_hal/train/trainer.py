@@ -78,7 +78,12 @@ def build_model(exp: Experiment, device):
     from cosmos_hal.models.dit import build_transformer
 
     weights = exp.model_path or None
-    model = build_transformer(exp.preset, weights=weights, dtype=torch.float32, device=device, init_seed=exp.seed)
+    preset = exp.preset
+    if exp.num_layers:  # benchmarks: the first num_layers blocks only
+        from cosmos_hal.models.presets import get_preset
+
+        preset = get_preset(exp.preset).replace(num_layers=exp.num_layers)
+    model = build_transformer(preset, weights=weights, dtype=torch.float32, device=device, init_seed=exp.seed)
     preset = model.cosmos_hal_preset
     if exp.task == "video2world" and not preset.has_condition_mask:
         raise ValueError(f"preset {exp.preset!r} is a text2image DiT (no condition-mask channel); "
