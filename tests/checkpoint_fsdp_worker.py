@@ -27,7 +27,7 @@ def build(world):
     from torch.distributed.fsdp import fully_shard
 
     torch.manual_seed(0)
-    model = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
+    model = nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)]).to(world.device)
     if world.world_size > 1:
         for layer in model:
             fully_shard(layer)
@@ -41,7 +41,7 @@ def build(world):
 
 def step(objs, it: int, world) -> float:
     g = torch.Generator().manual_seed(1000 * it + world.rank)
-    x = torch.randn(4, WIDTH, generator=g) + 0.01 * torch.rand(4, WIDTH)  # the global RNG state matters too
+    x = (torch.randn(4, WIDTH, generator=g) + 0.01 * torch.rand(4, WIDTH)).to(world.device)  # global RNG too
     loss = objs["model"](x).pow(2).mean()
     loss.backward()
     objs["optimizer"].step()
@@ -88,6 +88,23 @@ def host_peak_during(fn, mapped_sizes=()) -> tuple[int, int]:
     return peak, live
 
 
+def device_allocated() -> int:
+    """Bytes this process holds on its device (0 without allocator counters), peak counter reset."""
+    import cosmos_hal.backend as _backend
+
+    be = _backend.current()
+    be.synchronize()
+    be.reset_peak_memory()
+    return int(be.memory_stats().get("allocated_gb", 0) * 2**30)
+
+
+def device_peak_bytes() -> int:
+    import cosmos_hal.backend as _backend
+
+    _backend.current().synchronize()
+    return int(_backend.current().memory_stats().get("peak_allocated_gb", 0) * 2**30)
+
+
 def main(out: str) -> None:
     world = dist.init()
     state_bytes = 4 * 4 * sum(p.numel() for p in nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(LAYERS)])
@@ -108,10 +125,12 @@ def main(out: str) -> None:
         folder = ckpt.latest(root)
         it = {}
         mapped = {os.path.getsize(os.path.join(folder, f)) for f in ("model.pt", "optim.pt") if fmt == "full"}
+        before = device_allocated()
         peak, end = host_peak_during(lambda: it.setdefault("it", ckpt.restore(folder, **fresh)), mapped)
+        device_peak = device_peak_bytes() - before  # on a device with allocator counters (GPU, NPU)
         losses = [step(fresh, i, world) for i in range(it["it"], it["it"] + N)]
         got = snapshot(fresh)
-        result[fmt] = {"iteration": it["it"], "losses": losses, "peak": peak, "end": end,
+        result[fmt] = {"iteration": it["it"], "losses": losses, "peak": peak, "end": end, "device_peak": device_peak,
                        "same_state": sorted(k for k in ref if not torch.equal(ref[k], got[k])) or "all equal"}
         torch.set_rng_state(rng_before)
     if world.is_main:  # control: the probe sees a plain (not memory-mapped) load of the weights

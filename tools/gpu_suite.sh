@@ -8,7 +8,7 @@
 #   bash tools/gpu_suite.sh train_sh_bench   # train.sh defaults vs fast=off vs the reference
 #                                            # (SHAPES=93x432x768, DEVICES=0,1 runs jobs side by side)
 #   bash tools/gpu_suite.sh memory_test      # ac_mode=auto with another process holding the GPU
-#   bash tools/gpu_suite.sh multigpu         # tests/test_multigpu.py on two GPUs (NCCL)
+#   bash tools/gpu_suite.sh multigpu         # tests/test_multigpu.py, test_checkpoint_sharded.py on two GPUs (NCCL)
 #   bash tools/gpu_suite.sh cp_bench         # context_parallel=2 vs each GPU its own sample, 93x704x1280,
 #                                            # two GPUs, with a profile of two CP steps (about 7 minutes)
 #   bash tools/gpu_suite.sh blocks14b        # predict2-14b cut to 2 and 4 blocks, 93x704x1280, FSDP2 over two
@@ -100,7 +100,8 @@ memory_test() {
 }
 
 multigpu() {  # DDP, FSDP2, context_parallel=2 and a two-node launch equal one process; clean stop
-    step multigpu_tests "${MULTIGPU_TIMEOUT:-560}" $PY -m pytest -q -p no:cacheprovider -m multigpu tests/test_multigpu.py
+    step multigpu_tests "${MULTIGPU_TIMEOUT:-560}" $PY -m pytest -q -p no:cacheprovider -m multigpu tests/test_multigpu.py \
+        tests/test_checkpoint_sharded.py  # + FSDP2 resume from full/sharded checkpoints, restore device peak
     nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader >"$OUT/gpu_apps_after.txt" 2>&1
 }
 
