@@ -68,7 +68,10 @@ def _param_rule(name: str, shape: torch.Size) -> str:
     if leaf == "gamma" or (leaf == "weight" and len(shape) == 1):
         return "ones"
     if leaf.startswith("pos_emb_"):
-        return "zeros"  # diffusers' learnable positional embedding starts at zero
+        # N(0, 0.02) as cosmos-predict1's LearnablePosEmbAxis (module/position_embedding.py L210-216:
+        # trunc_normal_(std=0.02)); diffusers' zeros would make the embedding's normalize() give
+        # ~1/eps gradients on the first step
+        return "normal_0.02"
     if len(shape) >= 2:
         return "uniform"
     raise ValueError(f"init: no rule for parameter {name!r} of shape {tuple(shape)}")
@@ -102,6 +105,11 @@ def materialize_(
             p.zero_()
         elif rule == "ones":
             p.fill_(1.0)
+        elif rule == "normal_0.02":
+            if method == "rng":
+                p.copy_(rng.normal(rng.Key(seed, "init", index=zlib.crc32(name.encode())), tuple(p.shape), std=0.02))
+            else:
+                p.copy_(torch.empty(p.shape).normal_(0.0, 0.02, generator=gen))
         else:
             bound = 1.0 / math.sqrt(_fan_in(p.shape))
             if method == "rng":
