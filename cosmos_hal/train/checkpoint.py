@@ -210,8 +210,7 @@ def ema_weights(checkpoint_dir: str) -> dict[str, torch.Tensor]:
         ema = sharded.read(checkpoint_dir, only=("ema",)).get("ema")
         where = f"{checkpoint_dir} (sharded)"
     else:
-        ema = torch.load(os.path.join(checkpoint_dir, "model.pt"), map_location="cpu", weights_only=False,
-                         mmap=True).get("ema")
+        ema = load_mapped(os.path.join(checkpoint_dir, "model.pt")).get("ema")
         where = f"{checkpoint_dir}/model.pt"
     if not ema:
         raise KeyError(f"{where} holds no EMA weights (the run had ema.enabled=false)")
@@ -383,7 +382,7 @@ def read_trainer(folder: str) -> dict:
     return torch.load(os.path.join(folder, "trainer.pt"), map_location="cpu", weights_only=False)
 
 
-def _load(path: str) -> dict:
+def load_mapped(path: str) -> dict:
     """A checkpoint file memory-mapped: its tensors are read from the page cache as they are
     copied, never as one more whole copy in this process's memory."""
     return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
@@ -417,7 +416,7 @@ def _restore_full(path: str, *, model, optimizer, scheduler, ema) -> dict:
     w = dist.world()
     from_rank0 = is_sharded(model)  # FSDP2: the other ranks never read model.pt / optim.pt
     reads = w.is_main or not from_rank0
-    state = _load(os.path.join(path, "model.pt")) if reads else None
+    state = load_mapped(os.path.join(path, "model.pt")) if reads else None
     trainable_only = _from_rank0(state["trainable_only"] if w.is_main else None) if from_rank0 else \
         state["trainable_only"]
     load_model_state(model, state["net"] if reads else None, trainable_only)
@@ -426,7 +425,7 @@ def _restore_full(path: str, *, model, optimizer, scheduler, ema) -> dict:
                if reads and not state.get("ema") else None)
         load_ema_state(ema, state["ema"] if reads else None, from_rank0=from_rank0)
     del state
-    opt = _load(os.path.join(path, "optim.pt")) if reads else None
+    opt = load_mapped(os.path.join(path, "optim.pt")) if reads else None
     load_optimizer_state(model, optimizer, opt["optimizer"] if reads else None)
     sched = opt["scheduler"] if reads else None
     del opt

@@ -86,13 +86,9 @@ def _extra_files(src: str, fmt: str) -> list[str]:
     return sorted(n for n in os.listdir(src) if os.path.isfile(os.path.join(src, n)) and not ours(n))
 
 
-def _load(path: str):
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-
-
 def _to_sharded(src: str, out: str, world_size: int) -> None:
-    model = _load(os.path.join(src, "model.pt"))
-    optim = _load(os.path.join(src, "optim.pt"))
+    model = ckpt.load_mapped(os.path.join(src, "model.pt"))
+    optim = ckpt.load_mapped(os.path.join(src, "optim.pt"))
     keys = list(optim["optimizer"].get("state", {}))
     if keys and all(isinstance(k, int) for k in keys):
         raise ConvertError(f"{src}/optim.pt keys its optimizer state by position (written before named keys); "
