@@ -108,3 +108,30 @@ def test_measure_memory_tiny_runs_its_cpu_path_and_plan_14b_reads_its_json(tmp_p
                         "tiny_video2world_synthetic", "--shape", "9x32x32", "--devices", "2", "--device-gb", "1",
                         "--measured", str(out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert q.returncode == 0 and "measured (" in q.stdout and "chosen:" in q.stdout, q.stdout + q.stderr
+
+
+def test_a_mode_that_runs_out_of_memory_in_the_probe_is_left_out_of_the_plan():
+    """Under a cap the one-block probe's "none" mode may not fit: the probe must go on without it
+    (the device's out-of-memory error is raised here by a hook on the block's feed-forward)."""
+    import torch
+
+    from cosmos_hal.models.dit import build_transformer
+    from cosmos_hal.models.shape import Shape
+    from cosmos_hal.train import ac
+    from cosmos_hal.train.probe_inputs import forward_loss, make_inputs
+
+    model = build_transformer("tiny", dtype=torch.float32, device="cpu")
+    ac.apply_block_ac(model, "full")
+    block = ac.transformer_blocks(model)[0]
+
+    def out_of_memory(module, args):
+        if block._cosmos_hal_ac == "none":
+            raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+
+    block.ff.register_forward_pre_hook(out_of_memory)
+    inp = make_inputs(model.cosmos_hal_preset, Shape(9, 32, 32), "cpu")
+    args, kwargs = ac.capture_block_inputs(model, lambda: forward_loss(model, inp, amp_dtype=None, device_type="cpu"))
+    mem = ac.probe_block_memory(model, args, kwargs, autocast_dtype=None, device_type="cpu")
+    assert set(mem.saved) == {"full", "selective", "selective_mm"}
+    assert all(p.grad is None for p in block.parameters()) and block._cosmos_hal_ac == "full"
+    assert "none" not in ac.plan_modes(2, mem, 1e12)

@@ -53,10 +53,6 @@ def cap_device(gb: float) -> float:
     return fraction
 
 
-def _oom_types() -> tuple:
-    return tuple(t for t in (getattr(torch, "OutOfMemoryError", None),) if t is not None) or (RuntimeError,)
-
-
 def measure_block(preset_name: str, shape, *, cap_gb: float = 0.0, modes=MODES, repeats: int = 3,
                   warmup: int = 1, seed: int = 0) -> dict:
     """Per-block memory (GiB) and forward+backward ms of ``preset_name`` at ``shape`` (Shape)."""
@@ -87,11 +83,13 @@ def measure_block(preset_name: str, shape, *, cap_gb: float = 0.0, modes=MODES, 
     for mode in modes:
         try:
             mem = ac.probe_block_memory(model, args, kwargs, autocast_dtype=amp, device_type=device.type, modes=(mode,))
+            if mode not in mem.saved:  # the probe ran out of memory in this mode
+                raise torch.OutOfMemoryError(mode)
             out["saved_gb"][mode] = mem.saved[mode] / 2**30
             out["output_gb"] = mem.output / 2**30
             out["backward_peak_gb"] = max(out["backward_peak_gb"], mem.backward_peak / 2**30)
             out["ms"][mode] = _time_block(model, args, kwargs, mode, amp, device.type, repeats, warmup, backend)
-        except _oom_types():
+        except torch.OutOfMemoryError:
             out["oom"].append(mode)
             out["saved_gb"][mode] = out["ms"][mode] = None
             block.zero_grad(set_to_none=True)

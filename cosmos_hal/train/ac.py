@@ -259,7 +259,8 @@ def device_peak_bytes() -> int:
 def probe_block_memory(model, block_args, block_kwargs, *, autocast_dtype=torch.bfloat16,
                        device_type: str | None = None, modes=MODES) -> BlockMemory:
     """Measure block 0 at the real inputs: bytes kept after forward in each mode, and the
-    transient peak of its backward. Gradients it creates are freed again.
+    transient peak of its backward. Gradients it creates are freed again. A mode that runs out
+    of memory (a capped or shared device) is left out of ``saved``, so plans never choose it.
 
     Needs a backend with allocator counters (``memory_stats()["allocated_gb"]``); on the CPU
     it returns zeros (the caller then plans without it)."""
@@ -277,18 +278,29 @@ def probe_block_memory(model, block_args, block_kwargs, *, autocast_dtype=torch.
             block._cosmos_hal_ac = mode
             gc.collect()
             before = device_allocated_bytes()
-            with torch.autocast(device_type=device_type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                out = block(*args, **block_kwargs)
-            out_bytes = out.numel() * out.element_size()
-            saved[mode] = max(0, device_allocated_bytes() - before - out_bytes)
-            _reset_peak()
-            base = device_allocated_bytes()
-            out.float().square().mean().backward()
-            bwd_peak = max(bwd_peak, device_peak_bytes() - base)
-            del out
-            hidden.grad = None
-            for p in block.parameters():
-                p.grad = None
+            out = None
+            try:
+                with torch.autocast(device_type=device_type, dtype=autocast_dtype,
+                                    enabled=autocast_dtype is not None):
+                    out = block(*args, **block_kwargs)
+                out_bytes = out.numel() * out.element_size()
+                saved[mode] = max(0, device_allocated_bytes() - before - out_bytes)
+                _reset_peak()
+                base = device_allocated_bytes()
+                out.float().square().mean().backward()
+                bwd_peak = max(bwd_peak, device_peak_bytes() - base)
+            except torch.OutOfMemoryError:  # this mode does not fit here: plan without it
+                saved.pop(mode, None)
+            finally:
+                del out
+                hidden.grad = None
+                for p in block.parameters():
+                    p.grad = None
+            if mode not in saved:
+                from cosmos_hal import current_backend
+
+                gc.collect()
+                current_backend().empty_cache()
     finally:
         if saved_mode is None:
             block.__dict__.pop("_cosmos_hal_ac", None)
