@@ -135,3 +135,14 @@ def test_a_mode_that_runs_out_of_memory_in_the_probe_is_left_out_of_the_plan():
     assert set(mem.saved) == {"full", "selective", "selective_mm"}
     assert all(p.grad is None for p in block.parameters()) and block._cosmos_hal_ac == "full"
     assert "none" not in ac.plan_modes(2, mem, 1e12)
+
+
+def test_the_npu_backend_caps_through_torch_npu_set_per_process_memory_fraction(npu_emulator):
+    """NpuBackend.set_memory_fraction calls torch.npu.set_per_process_memory_fraction with a float
+    (the torch-npu 2.14.0 function refuses anything else); checked under the emulator only."""
+    import torch_npu
+
+    backend = backend_mod.current()
+    assert backend.name == "npu"
+    backend.set_memory_fraction(3 / 10)
+    assert torch_npu.memory_fraction[0] == 0.3

@@ -113,6 +113,20 @@ npu.memory_reserved = lambda device=None: 0
 npu.reset_peak_memory_stats = lambda device=None: _peak.update(allocated=0)
 npu.empty_cache = lambda: None  # torch_npu/npu/memory.py: empty_cache(); emulated memory is the host's
 npu.mem_get_info = lambda device=None: (0, 0)  # (free, total) bytes, as torch_npu.npu.mem_get_info; no device memory here
+memory_fraction: dict = {}  # emulator-only: what set_per_process_memory_fraction was given, per device
+
+
+def _set_per_process_memory_fraction(fraction, device=None):
+    """torch_npu/npu/memory.py (2.14.0): the same checks; emulated memory is the host's, so the
+    fraction is only recorded (memory_fraction)."""
+    if not isinstance(fraction, float):
+        raise TypeError("Invalid type for fraction argument, must be `float`")
+    if fraction < 0 or fraction > 1:
+        raise ValueError(f"Invalid fraction value: {fraction}. Allowed range: 0~1")
+    memory_fraction[_current if device is None else int(device)] = fraction
+
+
+npu.set_per_process_memory_fraction = _set_per_process_memory_fraction
 npu.matmul = types.SimpleNamespace(allow_hf32=True)
 npu.conv = types.SimpleNamespace(allow_hf32=True)
 npu.default_generator_for = _gen  # emulator-only: lets tests draw from a device's stream
