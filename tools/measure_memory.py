@@ -24,11 +24,12 @@ def main(argv=None) -> int:
                    help="comma-separated PRESET@FRAMESxHxW whose single block to measure ('' for none)")
     p.add_argument("--block-cap-gb", type=float, default=80.0, help="allocator cap for the block measurement, GiB")
     p.add_argument("--experiment", default="predict2_video2world_training_2b_cosmos_nemo_assets")
-    p.add_argument("--runs", default="full@93x432x768@24,full@93x432x768@40,full@93x432x768@0,"
-                                     "lora@93x432x768@24,lora@93x432x768@40,lora@93x432x768@0",
-                   help="comma-separated MODE@FRAMESxHxW@CAP_GIB train.sh runs (cap 0 = uncapped; '' for none)")
+    p.add_argument("--runs", default="lora@93x432x768@24,full@93x432x768@24,lora@93x432x768@40,"
+                                     "full@93x432x768@40,lora@93x432x768@0,full@93x432x768@0",
+                   help="comma-separated MODE@FRAMESxHxW@CAP_GIB train.sh runs (cap 0 = uncapped; '' for none), "
+                        "most wanted first: what --time-budget-s cuts is the end")
     p.add_argument("--repeats", type=int, default=3, help="timed forward+backward passes per block mode (median)")
-    p.add_argument("--iters", type=int, default=4, help="iterations per train.sh run (the first is not timed)")
+    p.add_argument("--iters", type=int, default=3, help="iterations per train.sh run (the first is not timed)")
     p.add_argument("--run-timeout-s", type=float, default=100.0, help="limit of one train.sh run")
     p.add_argument("--time-budget-s", type=float, default=float("inf"),
                    help="no train.sh run starts after this many seconds of runs")
