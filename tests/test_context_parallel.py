@@ -145,7 +145,7 @@ def fake_two_rank_group():
 def test_compiled_cp_blocks_have_no_graph_break_and_share_one_graph(fake_two_rank_group, mode):
     """The all-to-alls are traced into the block's graph (a graph break inside a checkpointed
     block would run the whole block eagerly), and block 0 compiles to the same graph as the
-    others: dynamo compiles two frames in all (the sharding pre-hook and the block forward)."""
+    others: dynamo compiles one frame in all (the block forward; the sharding pre-hook is eager)."""
     from torch._dynamo.utils import counters
 
     from cosmos_hal.train import ac
@@ -167,7 +167,22 @@ def test_compiled_cp_blocks_have_no_graph_break_and_share_one_graph(fake_two_ran
     inp = make_inputs(preset, Shape(9, 32, 64, text_tokens=16), "cpu", seed=3)
     forward_loss(model, inp, amp_dtype=None, device_type="cpu").backward()
     assert dict(counters["graph_break"]) == {}
-    assert len(graphs) == 2, [g[:300] for g in graphs]
+    assert len(graphs) == 1, [g[:300] for g in graphs]
     calls = [line for g in graphs for line in g.splitlines()
              if "= torch.ops._c10d_functional.all_to_all_single(" in line and not line.lstrip().startswith("#")]
     assert len(calls) == 2, calls  # q/k/v stacked in one, the output in the other
+
+
+def test_blocks_share_one_slice_of_each_per_token_input(fake_two_rank_group):
+    """The per-token timestep embeddings and RoPE tables are sliced once per forward, so the
+    slice's backward (a zero-filled gradient of the whole tensor) runs once, not once per block."""
+    preset = get_preset("tiny").replace(num_layers=3)
+    model = build_model(preset, torch.device("cpu"), lora_rank=0, seed=1)
+    install_fast_processor(model, device="cpu", dtype=torch.float32)
+    cpmod.apply_context_parallel(model, fake_two_rank_group)
+    seen = []
+    for block in model.transformer_blocks:  # after the sharding hook: what the block gets
+        block.register_forward_pre_hook(lambda m, a: seen.append((a[0].shape[1], id(a[2]), id(a[3]), id(a[4][0]))))
+    inp = make_inputs(preset, Shape(9, 32, 64, text_tokens=16), "cpu", seed=3)
+    forward_loss(model, inp, amp_dtype=None, device_type="cpu")
+    assert len(seen) == 3 and len(set(seen)) == 1 and seen[0][0] == 12, seen

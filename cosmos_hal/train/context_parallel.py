@@ -15,7 +15,7 @@ How it is applied, without touching diffusers' code:
   every block (block 0 included) gets [B, S/N, C] with the same strides: one compiled graph;
 * a forward pre-hook on every transformer block keeps this rank's chunk of the other per-token
   inputs (the per-token timestep embeddings, the RoPE cos/sin, the extra positional
-  embedding): views, no copies;
+  embedding): views, no copies, cut once per forward and shared by all blocks, in eager mode;
 * the self-attention processors (FastCosmosAttnProcessor) get the group and do the two
   all-to-alls around their kernel, q, k and v in one; the collectives are the functional,
   traceable ones, so torch.compile keeps each (checkpointed) block one graph;
@@ -34,6 +34,7 @@ noise (the trainer keys data and draws by the data-parallel rank).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -149,11 +150,32 @@ def gather_tokens(x: torch.Tensor, cp: ContextParallel) -> torch.Tensor:
 # -- applying it to a model ------------------------------------------------------------------
 
 
-def _local(x, cp: ContextParallel, n_tokens: int, dim: int):
-    if isinstance(x, torch.Tensor) and x.dim() > dim and x.shape[dim] == n_tokens:
-        start, per = cp.chunk(n_tokens)
-        return x.narrow(dim, start, per)
-    return x
+class _Shards:
+    """This rank's slices of the model-level per-token tensors (timestep embeddings, RoPE tables,
+    positional embedding), cut once per forward and handed to every block.
+
+    Why once: the backward of a slice is a zero-filled gradient of the whole tensor (for the
+    per-token timestep embedding of the 2B at 93x704x1280, 84480 x 6144 values); sliced in each
+    block it would be made and summed 28 times per step, sliced once it is made once. Cleared
+    when the tokens are gathered before the head, so nothing outlives the forward."""
+
+    def __init__(self, cp: ContextParallel):
+        self.cp = cp
+        self._memo: dict = {}
+
+    def local(self, x, n_tokens: int, dim: int):
+        if not (isinstance(x, torch.Tensor) and x.dim() > dim and x.shape[dim] == n_tokens):
+            return x
+        hit = self._memo.get(id(x))
+        if hit is not None and hit[0]() is x:
+            return hit[1]
+        start, per = self.cp.chunk(n_tokens)
+        part = x.narrow(dim, start, per)
+        self._memo[id(x)] = (weakref.ref(x), part)
+        return part
+
+    def clear(self) -> None:
+        self._memo.clear()
 
 
 def _check_tokens(n: int, cp: ContextParallel) -> None:
@@ -172,10 +194,12 @@ def _shard_patches(cp: ContextParallel, module, args, output):
     return tokens.narrow(1, start, per).contiguous()[:, None, None]
 
 
-def _shard_block_inputs(cp: ContextParallel, module, args, kwargs):
+@torch._dynamo.disable
+def _shard_block_inputs(shards: _Shards, module, args, kwargs):
     """Pre-hook: this rank's tokens of every per-token block input that still holds all of them
     (diffusers' positional order: hidden_states, encoder_hidden_states, embedded_timestep, temb,
-    image_rotary_emb, extra_pos_emb, attention_mask, controlnet_residual). Views only."""
+    image_rotary_emb, extra_pos_emb, attention_mask, controlnet_residual). Views only, made once
+    per forward (_Shards); eager, outside the block's compiled graph (a few Python calls)."""
     names = ("hidden_states", "encoder_hidden_states", "embedded_timestep", "temb", "image_rotary_emb",
              "extra_pos_emb", "attention_mask", "controlnet_residual")
     values = dict(zip(names, args))
@@ -184,19 +208,20 @@ def _shard_block_inputs(cp: ContextParallel, module, args, kwargs):
     if rope is None:
         raise ValueError("context parallelism needs the rotary embedding (image_rotary_emb) to know the token count")
     n = int(rope[0].shape[0])
-    _check_tokens(n, cp)
+    _check_tokens(n, shards.cp)
     for key in ("hidden_states", "embedded_timestep", "temb", "extra_pos_emb", "controlnet_residual"):
         if key in values:
-            values[key] = _local(values[key], cp, n, dim=1)
-    values["image_rotary_emb"] = tuple(_local(t, cp, n, dim=0) for t in rope)
+            values[key] = shards.local(values[key], n, dim=1)
+    values["image_rotary_emb"] = tuple(shards.local(t, n, dim=0) for t in rope)
     n_pos = min(len(args), len(names))
     new_args = tuple(values.pop(k) for k in names[:n_pos])
     return new_args, values
 
 
-def _gather_before_head(cp: ContextParallel, module, args):
+def _gather_before_head(shards: _Shards, module, args):
     """Pre-hook on the output norm (outside the compiled blocks): all tokens again."""
-    return (gather_tokens(args[0], cp), *args[1:])
+    shards.clear()
+    return (gather_tokens(args[0], shards.cp), *args[1:])
 
 
 def apply_context_parallel(model, cp: ContextParallel) -> int:
@@ -210,6 +235,7 @@ def apply_context_parallel(model, cp: ContextParallel) -> int:
     if cp.size == 1:
         return 0
     blocks = list(model.transformer_blocks)
+    shards = _Shards(cp)
     n = 0
     for block in blocks:
         proc = getattr(block.attn1, "processor", None)
@@ -220,8 +246,8 @@ def apply_context_parallel(model, cp: ContextParallel) -> int:
             raise ValueError(f"context_parallel={cp.size}: the model's {block.attn1.heads} attention heads do not "
                              f"split evenly; choose a size that divides {block.attn1.heads}")
         proc.context_parallel = cp
-        block.register_forward_pre_hook(partial(_shard_block_inputs, cp), with_kwargs=True)
+        block.register_forward_pre_hook(partial(_shard_block_inputs, shards), with_kwargs=True)
         n += 1
     model.patch_embed.register_forward_hook(partial(_shard_patches, cp))
-    model.norm_out.register_forward_pre_hook(partial(_gather_before_head, cp))
+    model.norm_out.register_forward_pre_hook(partial(_gather_before_head, shards))
     return n
