@@ -98,7 +98,9 @@ def build_model(exp: Experiment, device):
                           init=exp.lora.init, targets=lora_targets(exp.lora, model), seed=exp.seed)
     if exp.loss.recipe == "predict1" and exp.loss.logvar:
         # upstream trains it with the model; frozen under LoRA (setup_lora_requires_grad)
-        losses.attach_logvar(model, seed=exp.seed, trainable=exp.lora.kind == "none")
+        head = losses.attach_logvar(model, seed=exp.seed, trainable=exp.lora.kind == "none")
+        if weights and losses.load_upstream_logvar(head, weights):
+            log.info("logvar head: the trained one of %s", weights)
     model.train()
     return model, preset
 
