@@ -21,8 +21,16 @@ from cosmos_hal.data.sampler import RngDistributedSampler
 from cosmos_hal.train import checkpoint as ckpt
 from cosmos_hal.train.ema import PowerEMA
 
-sys.path.insert(0, os.path.join(REPO, "tools"))
-import convert_checkpoint  # noqa: E402  (tools/convert_checkpoint.py)
+def _tool(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tool_{name}", os.path.join(REPO, "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+convert_checkpoint = _tool("convert_checkpoint")  # tools/convert_checkpoint.py
 
 
 def _objects():
@@ -243,8 +251,7 @@ def test_a_sharded_checkpoint_of_two_fsdp2_ranks_loads_into_one_process(fsdp_run
     EMA equal to the 2-rank full checkpoint's gathered tensors."""
     from cosmos_hal.train import sharded_checkpoint as sharded
 
-    sys.path.insert(0, os.path.join(REPO, "tests"))
-    import checkpoint_fsdp_worker as worker
+    import checkpoint_fsdp_worker as worker  # tests/ is on the path, as for conftest
     from cosmos_hal import dist
 
     out = fsdp_run[0]
