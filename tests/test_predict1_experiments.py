@@ -125,6 +125,13 @@ def test_tiny_predict1_trains_with_falling_loss(tiny_run):
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5, losses
     assert "recipe=predict1" in stdout and "task=text2world" in stdout
     assert (out / "checkpoints" / "iter_000000060" / "model.pt").exists()
+    # the EMA weights load into the DiT for inference; the logvar head (training only) is left out
+    from cosmos_hal.models.dit import build_transformer
+    from cosmos_hal.train.checkpoint import ema_weights
+
+    weights = ema_weights(str(out / "checkpoints" / "iter_000000060"))
+    assert not [k for k in weights if k.startswith("logvar.")]
+    build_transformer("tiny-predict1-text2world", weights=weights)
 
 
 def upstream_log(records, offset: float = 0.0) -> str:
