@@ -155,7 +155,8 @@ def ema_state(ema) -> dict | None:
     state = ema.state_dict()
     shadow = {}
     for k, v in state["shadow"].items():
-        full = v.full_tensor() if _is_dtensor(v) else v
+        # (shards offloaded to the host are gathered on the mesh's device, as torch's _gather_state_dict does)
+        full = v.to(v.device_mesh.device_type).full_tensor() if _is_dtensor(v) else v
         if main:
             shadow[k] = full.detach().to("cpu", copy=True)
         del full
