@@ -101,8 +101,12 @@ def param_counts(preset_name: str, lora_kind: str = "none", lora_rank: int = 16,
 
 
 def tokens(exp) -> int:
-    """Video tokens of one sample: latent frames (4x temporal) x (H/16) x (W/16) (8x VAE, 2x2 patches)."""
-    frames = (exp.data.num_frames - 1) // 4 + 1 if exp.task == "video2world" else 1
+    """Video tokens of one sample: latent frames x (H/16) x (W/16) (8x spatial VAE, 2x2 patches);
+    4x temporal (Wan 2.1 VAE), 8x for the Predict1 family's CV8x8x8 tokenizer."""
+    from cosmos_hal.models.presets import get_preset
+
+    temporal = 8 if get_preset(exp.preset).family == "predict1" else 4
+    frames = (exp.data.num_frames - 1) // temporal + 1 if exp.task != "text2image" else 1
     return frames * math.ceil(exp.data.height / 16) * math.ceil(exp.data.width / 16)
 
 
