@@ -125,6 +125,28 @@ def test_latent_cache_entry_is_served_for_its_window_only(datasets, tmp_path):
     assert len(cache) == 2
 
 
+def test_cached_window_is_not_decoded_and_a_mixed_batch_gets_frames_for_all(datasets, tmp_path):
+    """A cached window is served without decoding its clip (seconds of CPU per 704x1280 sample);
+    a batch mixing cached and uncached samples is encoded from pixels, so all carry frames."""
+    from cosmos_hal.data.loader import build_loader
+
+    cache = LatentCache(tmp_path / "cache")
+    ds = build_dataset(datasets["nemo"], num_frames=17, resolution=(32, 32), latent_cache=cache)
+    full = ds[0]
+    lat = rng.normal(rng.Key(0, "test", 0, 0, 2), (4, 5, 4, 4))
+    cache.put("synthetic_0000", full["frame_start"], 17, (32, 32), lat)
+    cached = ds[0]
+    assert "video" not in cached and torch.equal(cached["latents"], lat)
+    assert {k for k in full if k != "video"} <= set(cached)
+    for key in ("t5_text_embeddings", "t5_text_mask", "padding_mask", "image_size"):
+        assert torch.equal(cached[key], full[key]), key
+    assert (cached["frame_start"], cached["num_frames"], cached["fps"]) == (full["frame_start"], 17, full["fps"])
+    loader = build_loader(ds, batch_size=4, seed=0, shuffle=False)
+    batch = next(iter(loader))
+    assert batch["video"].shape == (4, 3, 17, 32, 32) and "latents" not in batch
+    assert torch.equal(batch["video"][list(batch["index"]).index(0)], full["video"])
+
+
 def test_frames_are_stretched_to_the_exact_size_as_upstream_by_default(datasets):
     """Upstream's Resize_Preprocess (cosmos-predict2 1.0.9 data/dataset_utils.py): uint8 / 255,
     torchvision resize of each frame to (H, W) with antialias, x255 clamped and cast to uint8."""

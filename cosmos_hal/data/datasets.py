@@ -153,6 +153,7 @@ class SampleSet(Dataset):
     bad: dict[str, str]
     epoch: int = 0
     latent_cache: LatentCache | None = None
+    decode_cached: bool = False  # True: decode frames even when the window's latents are cached
 
     @property
     def bad_samples(self) -> int:
@@ -180,24 +181,42 @@ class SampleSet(Dataset):
         video = fit_to_resolution(video, size, resize_mode)
         video = video.permute(1, 0, 2, 3).float().div_(127.5).sub_(1.0).contiguous()  # C, T, H, W
         t, (h, w) = video.shape[1], video.shape[-2:]
-        item = {
-            "video": video,
+        item = self._fields(index, t, (h, w), emb=emb, mask=mask, caption=caption, fps=fps, start=start)
+        item["video"] = video
+        if self.latent_cache is not None:
+            latents = self.latent_cache.get(s.stem, start, t, (h, w))
+            if latents is not None:
+                item["latents"] = latents
+        return item
+
+    def latent_item(self, index: int, num_frames: int, size, *, emb: np.ndarray, mask: np.ndarray, caption: str,
+                    fps: float, start: int = 0) -> dict | None:
+        """The sample dict from the latent cache alone (no ``video``), or None when the window is
+        not cached. Why: decoding and resizing a 93-frame 704x1280 clip costs seconds of CPU per
+        sample that a cached window never uses, and it starved the GPU every other step."""
+        if self.latent_cache is None or size is None:
+            return None
+        latents = self.latent_cache.get(self.samples[index].stem, start, num_frames, size)
+        if latents is None:
+            return None
+        item = self._fields(index, num_frames, size, emb=emb, mask=mask, caption=caption, fps=fps, start=start)
+        item["latents"] = latents
+        return item
+
+    def _fields(self, index: int, t: int, size, *, emb, mask, caption: str, fps: float, start: int) -> dict:
+        h, w = size
+        return {
             "t5_text_embeddings": torch.from_numpy(emb),
             "t5_text_mask": torch.from_numpy(mask),
             "caption": caption,
             "fps": fps,
             "num_frames": t,
             "frame_start": start,
-            "path": str(s.media),
+            "path": str(self.samples[index].media),
             "index": int(index),
             "padding_mask": torch.zeros(1, h, w),
             "image_size": torch.tensor([h, w, h, w]),
         }
-        if self.latent_cache is not None:
-            latents = self.latent_cache.get(s.stem, start, t, (h, w))
-            if latents is not None:
-                item["latents"] = latents
-        return item
 
 
 class CosmosDataset(SampleSet):
@@ -305,20 +324,24 @@ class CosmosDataset(SampleSet):
             raise BadSampleError(f"{where}: caption is empty; write the clip's description there")
         return text
 
-    def _frames(self, index: int, s: SampleFiles) -> tuple[np.ndarray, float, int]:
-        if self.layout == "image":
-            return read_image(s.media)[None], IMAGE_FPS, 0
+    def _window(self, index: int, s: SampleFiles) -> tuple[int, float]:
+        """(first frame, fps) of the window this epoch draws, from the file's metadata alone."""
         total, fps, _, _ = video_info(s.media)
         if total < self.num_frames:
             raise BadSampleError(
                 f"{s.media}: video has {total} frames, fewer than num_frames={self.num_frames}; "
                 f"drop it, or train with fewer frames (data.num_frames=, at most {total})"
             )
-        start = self.window_start(index, total)
+        return self.window_start(index, total), float(fps) if fps and fps > 0 else IMAGE_FPS
+
+    def _frames(self, index: int, s: SampleFiles) -> tuple[np.ndarray, float, int]:
+        if self.layout == "image":
+            return read_image(s.media)[None], IMAGE_FPS, 0
+        start, fps = self._window(index, s)
         frames = read_video(s.media, range(start, start + self.num_frames))
         if frames.shape[0] != self.num_frames:
             raise BadSampleError(f"{s.media}: decoded {frames.shape[0]} of {self.num_frames} frames from {start} (truncated?)")
-        return frames, float(fps) if fps and fps > 0 else IMAGE_FPS, start
+        return frames, fps, start
 
     def load(self, index: int) -> dict:
         """The sample at ``index``; raises BadSampleError naming the file on bad input."""
@@ -329,6 +352,12 @@ class CosmosDataset(SampleSet):
         emb = read_t5_pickle(s.embedding, text_embed_dim=self.text_embed_dim, num_tokens=self.num_tokens,
                              what=self._what)
         emb, mask = self.features.rows(emb, self.num_tokens, s.embedding)
+        if self.latent_cache is not None and self.layout != "image" and not self.decode_cached:
+            start, fps = self._window(index, s)
+            cached = self.latent_item(index, self.num_frames, self.resolution, emb=emb, mask=mask, caption=caption,
+                                      fps=fps, start=start)
+            if cached is not None:
+                return cached
         frames, fps, start = self._frames(index, s)
         return self.item(index, frames, self.resolution, self.resize_mode, emb=emb, mask=mask, caption=caption,
                          fps=fps, start=start)

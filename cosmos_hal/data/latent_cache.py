@@ -111,9 +111,12 @@ def encode_dataset_latents(dataset, vae, cache, *, epochs: int = 1, vae_name: st
             if item is None:
                 counts["bad"] += 1
                 continue
+            if "latents" in item:  # served from the cache (the clip was not even decoded)
+                counts["kept"] += 1
+                continue
             stem = Path(item["path"]).stem
             res = tuple(item["video"].shape[-2:])
-            if "latents" in item or cache.path_for(stem, item["frame_start"], item["num_frames"], res).is_file():
+            if cache.path_for(stem, item["frame_start"], item["num_frames"], res).is_file():
                 counts["kept"] += 1
                 continue
             cache.put(stem, item["frame_start"], item["num_frames"], res, encode_video(vae, item["video"]),

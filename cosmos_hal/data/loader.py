@@ -91,12 +91,24 @@ class _BatchFetcher(Dataset):
             skipped.append((self._path(j), problem))
         raise BadSampleError(f"all {n} samples of the dataset are bad; first: {skipped[0][1] if skipped else '?'}")
 
+    def _decoded(self, index: int) -> dict:
+        """Sample ``index`` with its frames decoded even though its latents are cached: a batch
+        whose other samples are not cached is encoded from pixels, so every sample needs them."""
+        self.dataset.decode_cached = True
+        try:
+            return self.dataset[index]
+        finally:
+            self.dataset.decode_cached = False
+
     def __getitem__(self, request) -> dict:
         epoch, indices, position = request
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(epoch)
         skipped: list[tuple[str, str]] = []
-        batch = collate_samples([self._fetch(i, skipped) for i in indices])
+        items = [self._fetch(i, skipped) for i in indices]
+        if not all("latents" in it for it in items) and any("video" not in it for it in items):
+            items = [it if "video" in it else self._decoded(it["index"]) for it in items]
+        batch = collate_samples(items)
         batch["skipped"] = skipped
         batch["_state"] = (epoch, position)
         return batch
