@@ -163,6 +163,16 @@ if len(rows) >= 2:
 PYEOF
 }
 
+memory_measure() {  # issue 18: per-block memory/time (about 1 minute), then six train.sh runs within 6 minutes
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step memory_measure "${MEMORY_MEASURE_TIMEOUT:-500}" \
+        $PY tools/measure_memory.py --time-budget-s "${RUNS_BUDGET_S:-380}" --run-timeout-s "${RUN_TIMEOUT_S:-90}" \
+        ${MEMORY_MEASURE_ARGS:-} --work /tmp/measure_memory_runs --out "$OUT/memory_measure.json" \
+        --md "$OUT/memory_measure.md"
+    step plan_14b 60 $PY tools/plan_14b.py --measured "$OUT/memory_measure.json" --json "$OUT/plan_14b.json"
+    (cd /tmp/measure_memory_runs && find . \( -name '*.log' -o -name '*.jsonl' \) -print0 \
+        | tar -czf "$OUT/memory_measure_logs.tgz" --null -T -) 2>/dev/null
+}
+
 infer_bench() {
     step bench_infer 170 $PY tools/bench_infer.py --json_out "$OUT/bench_infer.json"
     step train_2b_704 200 bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \
