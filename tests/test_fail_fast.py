@@ -174,7 +174,7 @@ def test_check_accepts_a_diffusers_pipeline_folder_without_reading_its_weights(t
 
 @pytest.mark.parametrize("value, says", [
     ("/nonexistent/vae", "vae_path=/nonexistent/vae: no such file or folder"),
-    ("EMPTY_DIR", "no Wan VAE at"),
+    ("EMPTY_DIR", "no VAE at"),
     ("wan2.2", "unknown VAE preset 'wan2.2'"),
 ])
 def test_check_refuses_vae_path_it_cannot_load(value, says, tmp_path, capsys):
