@@ -132,6 +132,18 @@ def test_tiny_predict1_trains_with_falling_loss(tiny_run):
     weights = ema_weights(str(out / "checkpoints" / "iter_000000060"))
     assert not [k for k in weights if k.startswith("logvar.")]
     build_transformer("tiny-predict1-text2world", weights=weights)
+    # and the checkpoint folder as model_path (continuing, or inference): the DiT from its weights,
+    # the logvar head from its trained one
+    from cosmos_hal.train import loss as L
+
+    folder = str(out / "checkpoints" / "iter_000000060")
+    build_transformer("tiny-predict1-text2world", weights=folder)
+    head = L.LogVarHead(seed=123)
+    assert L.load_upstream_logvar(head, folder)
+    import torch
+
+    trained = torch.load(out / "checkpoints" / "iter_000000060" / "model.pt", weights_only=False)["net"]
+    assert torch.equal(head.linear.weight.detach(), trained["logvar.linear.weight"])
 
 
 def upstream_log(records, offset: float = 0.0) -> str:

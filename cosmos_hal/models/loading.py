@@ -235,6 +235,8 @@ def _read(weights, ema: bool) -> tuple[dict, str | None]:
         else:
             raise ValueError(f"{path}: unknown weights format (want a folder, .safetensors or {NVIDIA_SUFFIXES})")
     state = select_net(state, ema=ema, source=source)
+    # the Predict1 loss's uncertainty head (train/loss.py LogVarHead) trains beside the DiT, not in it
+    state = {k: v for k, v in state.items() if not k.startswith("logvar.")}
     upstream = convert.upstream_family(state) if convert.looks_like_upstream(state) else None
     if upstream == "predict1":
         state, folded = convert.fold_predict1_lora(state)

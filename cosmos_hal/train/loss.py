@@ -266,10 +266,15 @@ def attach_logvar(model: nn.Module, *, seed: int, trainable: bool = True) -> Log
 UPSTREAM_LOGVAR_KEYS = {"logvar.0.freqs": "freqs", "logvar.0.phases": "phases", "logvar.1.weight": "linear.weight"}
 
 
+# a cosmos_hal training checkpoint's model.pt ({"net": {..., "logvar.freqs", ...}})
+OWN_LOGVAR_KEYS = {"logvar.freqs": "freqs", "logvar.phases": "phases", "logvar.linear.weight": "linear.weight"}
+
+
 def _find_logvar(obj, depth: int = 0):
     if isinstance(obj, dict):
-        if all(k in obj for k in UPSTREAM_LOGVAR_KEYS):
-            return obj
+        for keys in (UPSTREAM_LOGVAR_KEYS, OWN_LOGVAR_KEYS):
+            if all(k in obj for k in keys):
+                return {name: obj[k] for k, name in keys.items()}
         if depth < 3:
             for value in obj.values():
                 found = _find_logvar(value, depth + 1)
@@ -280,11 +285,15 @@ def _find_logvar(obj, depth: int = 0):
 
 def load_upstream_logvar(head: LogVarHead, path) -> bool:
     """Copy the trained head of a cosmos-predict1 checkpoint file (``logvar.0.freqs``,
-    ``logvar.0.phases``, ``logvar.1.weight``) into ``head``, so training starts where upstream's
-    does. Memory-mapped: only the three small tensors are read. False (head unchanged) for a
-    diffusers folder or a file without them."""
+    ``logvar.0.phases``, ``logvar.1.weight``), or of a cosmos_hal training checkpoint (its folder
+    or model.pt), into ``head``, so training starts where that run's head was. Memory-mapped:
+    only the three small tensors are read. False (head unchanged) for a diffusers folder or a
+    file without them."""
     import os
 
+    if os.path.isdir(path) and os.path.isfile(os.path.join(path, "model.pt")) and \
+            os.path.isfile(os.path.join(path, "trainer.pt")):
+        path = os.path.join(path, "model.pt")
     if not (os.path.isfile(path) and str(path).endswith((".pt", ".pth", ".ckpt"))):
         return False
     try:
@@ -295,9 +304,9 @@ def load_upstream_logvar(head: LogVarHead, path) -> bool:
     if found is None:
         return False
     with torch.no_grad():
-        for key, name in UPSTREAM_LOGVAR_KEYS.items():
+        for name, value in found.items():
             target = head.get_parameter(name) if name == "linear.weight" else head.get_buffer(name)
-            target.copy_(found[key].to(device=target.device, dtype=target.dtype).reshape(target.shape))
+            target.copy_(value.to(device=target.device, dtype=target.dtype).reshape(target.shape))
     return True
 
 
