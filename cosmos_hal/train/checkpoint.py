@@ -43,6 +43,7 @@ from torch import nn
 from cosmos_hal import dist, rng
 from cosmos_hal.fileio import write_text_atomic
 from cosmos_hal.train import sharded_checkpoint as sharded
+from cosmos_hal.train.optim import init_optimizer_state
 
 LATEST = "latest_checkpoint.txt"
 _ITER_DIR = re.compile(r"^iter_(\d{9})$")
@@ -137,6 +138,7 @@ def load_optimizer_state(model: nn.Module, optimizer, state: dict | None) -> Non
     Integer-keyed states (checkpoints from before named keys) load as torch wrote them."""
     from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
 
+    init_optimizer_state(optimizer)
     if is_sharded(model):
         set_optimizer_state_dict(model, optimizer, optim_state_dict=state if dist.world().is_main else {},
                                  options=_options(broadcast_from_rank0=True))

@@ -233,3 +233,29 @@ def state_bytes_per_param(name: str) -> float:
     """Bytes of optimizer state per trainable parameter (planning figure; 8-bit includes the
     fp32 absmax per 256-element block)."""
     return {"adamw": 8.0, "adamw_bf16": 4.0, "adamw_8bit": 2.0 + 2 * 4.0 / BLOCK}[name]
+
+
+def init_optimizer_state(optimizer) -> None:
+    """Create the optimizer's state with one zero-gradient, zero-lr step before loading into it.
+
+    ``torch.distributed.checkpoint`` does the same itself but ends with
+    ``zero_grad(set_to_none=True)``, which fused vendor optimizers (torch_npu's
+    ``NpuFusedAdamW``) refuse with a ValueError: their gradients live in one combined buffer,
+    which zeroing keeps. Others free their gradients, so the first step's peak is unchanged."""
+    if optimizer.state:
+        return
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+    if any(p.grad is not None for p in params):
+        return
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    lrs = [g["lr"] for g in optimizer.param_groups]
+    for g in optimizer.param_groups:
+        g["lr"] = torch.tensor(0.0) if isinstance(g["lr"], torch.Tensor) else 0.0
+    optimizer.step()
+    for g, lr in zip(optimizer.param_groups, lrs):
+        g["lr"] = lr
+    try:
+        optimizer.zero_grad(set_to_none=True)
+    except ValueError:
+        optimizer.zero_grad()
