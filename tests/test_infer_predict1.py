@@ -160,6 +160,27 @@ def test_nvidia_predict1_checkpoint_with_vae_and_t5_folders_equals_the_folder(as
     assert float((got - ref).norm() / ref.norm()) < 1e-5  # same weights; tensors laid out differently
 
 
+def test_ema_reads_the_ema_of_a_cosmos_hal_training_checkpoint(assets, tmp_path, capsys):
+    """--ema on a cosmos_hal run's model.pt took the trained weights' KeyError traceback; it reads the EMA."""
+    from cosmos_hal.models.dit import build_transformer
+
+    net = build_transformer("tiny-predict1-text2world", init_seed=1, install_hal_processor=False).state_dict()
+    shadow = build_transformer("tiny-predict1-text2world", init_seed=3, install_hal_processor=False).state_dict()
+    head = {"logvar.linear.weight": torch.zeros(1, 128)}
+    torch.save({"net": {**net, **head}, "ema": {"gamma": 6.9, "iteration_shift": 0, "shadow": {**shadow, **head},
+                                                "buffers": {"logvar.freqs": torch.zeros(128)}},
+                "trainable_only": False}, tmp_path / "model.pt")
+    for ema, want in ((False, net), (True, shadow)):
+        got = build_transformer("tiny-predict1-text2world", weights=tmp_path / "model.pt", ema=ema).state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    torch.save({"net": net, "ema": None, "trainable_only": False}, tmp_path / "no_ema.pt")
+    rc = cli(["infer", "text2world", "--model", str(tmp_path / "no_ema.pt"), "--ema", "--preset",
+              "tiny-predict1-text2world", "--vae_path", str(assets["t2w"] / "vae"), "--text_encoder_path",
+              str(assets["t2w"]), "--prompt", PROMPT, *SIZE_ARGS, "--out", str(tmp_path / "x.mp4")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no_ema.pt has no net_ema" in err and "without --ema" in err
+
+
 def test_family_comes_from_the_folder_and_contradictions_are_refused(assets, tmp_path):
     from cosmos_hal.infer.family import detect_family
 

@@ -34,7 +34,8 @@ def _common(p: argparse.ArgumentParser, task: str) -> None:
                    help="model generation: Predict1 (Cosmos 1.0) or Predict2/2.5. Default: read from a model "
                         "folder (its pipeline class, or transformer config extra_pos_embed_type=learnable = "
                         "Predict1); for a .pt from --preset, else predict1 for text2world, predict2 otherwise")
-    g.add_argument("--ema", action="store_true", help="NVIDIA training checkpoints: use the net_ema.* weights")
+    g.add_argument("--ema", action="store_true", help="training checkpoints: use the EMA weights (NVIDIA's net_ema.*, "
+                   "a cosmos_hal run's iter_N/model.pt EMA)")
     g.add_argument("--lora", "--lora_dir", action="extend", nargs="+", default=[], metavar="PATH[:SCALE]",
                    help="LoRA/DoRA/LoKr adapter folder or pytorch_lora_weights.safetensors (LyCORIS LoKr too), "
                         "with an optional scale "

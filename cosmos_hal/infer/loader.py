@@ -120,8 +120,11 @@ def build_dit(opts: LoadOptions, model: Path, dtype, device):
 
     if model.is_file():
         preset = opts.preset or DEFAULT_PRESETS[opts.family, opts.task]
-        transformer = build_transformer(preset, weights=model, ema=opts.ema, dtype=dtype, device=device,
-                                        install_hal_processor=opts.processor == "hal")
+        try:
+            transformer = build_transformer(preset, weights=model, ema=opts.ema, dtype=dtype, device=device,
+                                            install_hal_processor=opts.processor == "hal")
+        except KeyError as exc:  # --ema on a file without EMA weights (or only EMA weights without it)
+            raise InferenceInputError(f"--model{' --ema' if opts.ema else ''}: {exc.args[0]}") from None
     else:
         if opts.preset:
             log.info("--preset %s ignored: %s/transformer/config.json gives the shape", opts.preset, model)

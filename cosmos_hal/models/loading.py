@@ -20,6 +20,8 @@ Formats:
   ``DiffusionModel.state_dict()`` = ``{"model": {net.*}, "ema": {net-blocks-...}}`` (EMAModelTracker
   buffers: parameter names with "." -> "-", ``cosmos_predict1/utils/ema.py`` ``get_buffer_name``);
   the EMA half is read as ``net_ema.*``.
+- cosmos_hal's own training ``model.pt`` (``net``: trained weights, ``ema``: the EMA shadows), read
+  as ``net.``/``net_ema.`` the same way.
 """
 
 from __future__ import annotations
@@ -168,8 +170,22 @@ def _fold_ema_tracker(obj):
     return out
 
 
+def _fold_cosmos_hal(obj):
+    """A cosmos_hal training ``model.pt`` (``{"net": {...}, "ema": {"shadow", "buffers"} | None}``) as one
+    ``net.``/``net_ema.`` dict, so ``ema=True`` (``--ema``) reads its EMA weights as it does NVIDIA's."""
+    net, ema = obj.get("net"), obj.get("ema")
+    if "trainable_only" not in obj or not isinstance(net, dict):
+        return obj
+    out = {NET_PREFIX + k: v for k, v in net.items()}
+    if isinstance(ema, dict) and ema.get("shadow"):
+        out.update({EMA_PREFIX + k: v for k, v in {**ema["shadow"], **(ema.get("buffers") or {})}.items()})
+    return out
+
+
 def _unwrap(obj, source) -> dict:
     """The tensor dict inside a checkpoint (``{"model": ...}``, ``{"state_dict": ...}``, ...)."""
+    if isinstance(obj, dict):
+        obj = _fold_cosmos_hal(obj)
     for _ in range(3):
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             obj = _fold_ema_tracker(obj)
@@ -195,13 +211,13 @@ def select_net(state: dict, *, ema: bool, source="checkpoint") -> dict:
     has_ema = any(k.startswith(EMA_PREFIX) for k in state)
     if not has_net and not has_ema:
         if ema:
-            raise KeyError(f"{source} has no {EMA_PREFIX}* keys (no EMA weights); load it with ema=False")
+            raise KeyError(f"{source} has no {EMA_PREFIX}* keys (no EMA weights); load it with ema=False (without --ema)")
         return dict(state)
     prefix = EMA_PREFIX if ema else NET_PREFIX
     if not (has_ema if ema else has_net):
         raise KeyError(
             f"{source} has no {prefix}* keys; it holds "
-            f"{'net_ema' if has_ema else 'net'} weights, load it with ema={not ema}"
+            f"{'net_ema' if has_ema else 'net'} weights, load it with ema={not ema} ({'with' if has_ema else 'without'} --ema)"
         )
     others = [k for k in state if not k.startswith((NET_PREFIX, EMA_PREFIX))]
     if others:
