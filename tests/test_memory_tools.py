@@ -62,6 +62,24 @@ def test_a_missing_block_measurement_says_how_to_make_it(tmp_path):
         node_plan.load_block(str(path), "predict2-14b@93x704x1280")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--shape", "93x704"], "--shape '93x704' is not HEIGHTxWIDTH"),
+    (["--experiment", "predict2_video2world_training_14b"], "unknown experiment"),
+    (["--measured", "MISSING"], "MISSING: cannot read it"),
+    (["--measured", "NOT_JSON"], "cannot read it"),
+    (["--measured", "NO_BLOCK"], "tools/measure_memory.py --blocks predict2-14b@93x704x1280"),
+    (["--devices", "0"], "--devices 0"),
+])
+def test_plan_14b_bad_arguments_are_usage_errors_not_tracebacks(args, message, tmp_path, capsys):
+    """Each of these ended in a traceback (ValueError, FileNotFoundError, JSONDecodeError, KeyError)."""
+    (tmp_path / "NOT_JSON").write_text('{"a": 1}\n{"b": 2}\n')  # a metrics.jsonl, say
+    (tmp_path / "NO_BLOCK").write_text(json.dumps({"blocks": {}}))
+    args = [str(tmp_path / a) if a in ("MISSING", "NOT_JSON", "NO_BLOCK") else a for a in args]
+    with pytest.raises(SystemExit) as exit_:
+        plan_14b.main(args)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_memory_cap_gb_caps_the_planner_and_the_allocator(monkeypatch):
     """On an 80 GiB device with memory_cap_gb=24 the budget is 24 GiB, and the trainer's memory step
     asks the backend to cap its allocator at 24/80 (Backend.set_memory_fraction)."""

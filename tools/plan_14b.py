@@ -21,9 +21,10 @@ def main(argv=None) -> int:
 
     defaults = node_plan.Assumptions()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--experiment", default="predict2_video2world_training_14b_cosmos_nemo_assets")
-    p.add_argument("--shape", default="93x704x1280")
-    p.add_argument("--devices", type=int, default=8)
+    p.add_argument("--experiment", default="predict2_video2world_training_14b_cosmos_nemo_assets",
+                   help="experiment whose recipe is planned (bash train.sh --list; default %(default)s)")
+    p.add_argument("--shape", default="93x704x1280", help="FRAMESxHEIGHTxWIDTH (or HEIGHTxWIDTH, 93 frames)")
+    p.add_argument("--devices", type=int, default=8, help="devices of the node (default %(default)s)")
     p.add_argument("--device-gb", type=float, default=80.0, help="memory of each device, GiB")
     p.add_argument("--measured", default="", help="JSON of tools/measure_memory.py (default: analytic estimate)")
     p.add_argument("--lora-rank", type=int, default=0, help="plan a LoRA run of this rank instead of full fine-tune")
@@ -37,14 +38,27 @@ def main(argv=None) -> int:
     from cosmos_hal.models.presets import get_preset
     from cosmos_hal.train import experiments
 
-    shape = parse_shape(args.shape, 93, 512)
+    if args.devices < 1:
+        p.error(f"--devices {args.devices}: give the number of devices, at least 1")
+    try:  # bad values are a usage error (exit 2) naming the flag, not a traceback
+        shape = parse_shape(args.shape, 93, 512)
+    except ValueError as err:
+        p.error(str(err).replace("--shapes:", "--shape"))
     overrides = [f"data.num_frames={shape.frames}", f"data.height={shape.height}", f"data.width={shape.width}"]
     if args.lora_rank:
         overrides += ["lora.kind=lora", f"lora.rank={args.lora_rank}", f"lora.alpha={args.lora_rank}"]
-    exp = experiments.get(args.experiment, overrides)
+    try:
+        exp = experiments.get(args.experiment, overrides)
+    except ValueError as err:
+        p.error(f"--experiment {args.experiment}: {err}")
     key = f"{exp.preset}@{shape.label}"
     if args.measured:
-        block = node_plan.load_block(args.measured, key)
+        try:
+            block = node_plan.load_block(args.measured, key)
+        except (OSError, ValueError) as err:
+            p.error(f"--measured {args.measured}: cannot read it ({err}); give the JSON tools/measure_memory.py wrote")
+        except KeyError as err:
+            p.error(f"--measured {err.args[0]}")
         block.setdefault("flops", node_plan.analytic_blocks(get_preset(exp.preset), shape)["flops"])
         block["source"] = f"measured ({args.measured})"
     else:
