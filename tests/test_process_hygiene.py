@@ -193,10 +193,13 @@ def test_heartbeat_names_the_rank_whose_beat_stopped():
                             timeout=datetime.timedelta(seconds=10))
     beats = [liveness.Heartbeat(r, 3, interval=0.2, host="127.0.0.1", port=port) for r in range(3)]
     try:
-        assert beats[0].silent_ranks() == {}
+        # Watch 10 intervals (2 s), not the default 3: a beating thread must only land one beat in
+        # the window, so a busy CI host that delays a thread by a few hundred ms cannot look silent.
+        assert beats[0].silent_ranks(beats=10) == {}
         beats[2].stop()
-        time.sleep(0.3)  # let its last beat land
-        silent = beats[0].silent_ranks()
+        beats[2]._thread.join(timeout=30)  # its last beat has landed (a sleep could be too short when busy)
+        assert not beats[2]._thread.is_alive()
+        silent = beats[0].silent_ranks(beats=10)
         assert list(silent) == [2] and f"pid {os.getpid()}" in silent[2]
     finally:
         for b in beats:

@@ -70,7 +70,9 @@ def test_element_i_does_not_depend_on_shape():
 def test_distributions_have_the_right_moments():
     key = fresh_key()
     z = rng.normal(key, (200_000,), dtype=torch.float64)
-    assert abs(z.mean()) < 0.01 and abs(z.std() - 1) < 0.01
+    # standard errors 0.0022 (mean) and 0.0016 (std): 0.015 and 0.01 are over 6 of them for a fresh key
+    # (0.01 on the mean was 4.5, failing about once in 130,000 runs)
+    assert abs(z.mean()) < 0.015 and abs(z.std() - 1) < 0.01
     u = rng.uniform(key, (200_000,), dtype=torch.float64)
     assert 0 < u.min() and u.max() < 1 and abs(u.mean() - 0.5) < 0.005
     ints = rng.integers(key, 3, 9, (60_000,))
