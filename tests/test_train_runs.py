@@ -71,6 +71,21 @@ def test_resumed_run_matches_uninterrupted_run_step_for_step(tmp_path):
     assert ckpt.latest(str(root)).endswith("iter_000000012")
 
 
+def test_a_resume_steps_with_this_runs_lr_and_schedule(tmp_path):
+    """The checkpoint's base rate and last rate won at a resume: optim.lr= was ignored, and a larger
+    max_iter (cycle_length 0 = max_iter) ran its first step at the old schedule's rate."""
+    from cosmos_hal.train.schedule import lr_factor
+
+    common = ["logging_iter=1", "save_iter=100", "ema.enabled=false", "data.synthetic_videos=4"]
+    run("tiny_text2image_synthetic", tmp_path, "max_iter=6", *common)
+    run("tiny_text2image_synthetic", tmp_path, "max_iter=8", "optim.lr=1e-3", *common)
+    with open(tmp_path / "metrics.jsonl") as fh:
+        lrs = {r["iteration"]: r["lr"] for r in map(json.loads, fh)}
+    exp = experiments.get("tiny_text2image_synthetic", ["max_iter=8"])
+    for it in (7, 8):  # iteration n steps with f(n - 1)
+        assert lrs[it] == pytest.approx(1e-3 * lr_factor(it - 1, exp.schedule, 8), rel=1e-6), (it, lrs)
+
+
 @pytest.mark.parametrize("kind", ["lora", "dora"])
 def test_adapters_load_into_a_fresh_diffusers_model_and_change_its_output(tmp_path, kind):
     run("tiny_video2world_synthetic", tmp_path, "max_iter=4", "save_iter=4", f"lora.kind={kind}", "lora.rank=4",

@@ -27,3 +27,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, cycle
     (``processes``: the data-parallel size), as accelerate steps a diffusers recipe's schedule."""
     k = max(1, int(processes)) if cfg.per_process else 1
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: lr_factor(n * k, cfg, cycle_length))
+
+
+def follow_this_run(scheduler, base_lrs) -> list[tuple[float, float]]:
+    """After a resume, step on with this run's ``optim.lr`` and schedule. The restored scheduler and
+    optimizer state hold the base rate and the last rate of the run that wrote the checkpoint, so
+    without this a changed ``optim.lr`` was ignored and a changed ``max_iter`` (cycle_length 0) ran
+    one step at the old schedule's rate. Unchanged settings give the restored rates bit for bit.
+    Returns the (checkpoint's, this run's) base rates that differ."""
+    changed = [(float(old), float(new)) for old, new in zip(scheduler.base_lrs, base_lrs) if old != new]
+    scheduler.base_lrs = list(base_lrs)
+    for group, base, f in zip(scheduler.optimizer.param_groups, base_lrs, scheduler.lr_lambdas):
+        lr = base * f(scheduler.last_epoch)
+        group["initial_lr"] = base
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)
+        else:
+            group["lr"] = lr
+    scheduler._last_lr = [float(g["lr"]) for g in scheduler.optimizer.param_groups]
+    return changed

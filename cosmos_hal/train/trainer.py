@@ -34,7 +34,7 @@ from cosmos_hal.train.metrics import MetricsLogger
 from cosmos_hal.train.optim import build_optimizer
 from cosmos_hal.train.parallelize import apply_fast_attention, parallelize, plan_auto_ac, set_grad_sync
 from cosmos_hal.train.profiling import IterationProfiler
-from cosmos_hal.train.schedule import build_scheduler
+from cosmos_hal.train.schedule import build_scheduler, follow_this_run
 from cosmos_hal.train.validation import Validator
 
 log = logging.getLogger("cosmos_hal.train")
@@ -451,8 +451,11 @@ def train(exp: Experiment) -> dict:
     dist.barrier()
     found = ckpt.latest(ckpt_root) if exp.resume else None
     if found:
+        base_lrs = list(scheduler.base_lrs)
         iteration = ckpt.restore(found, model=owner, optimizer=optimizer, scheduler=scheduler, ema=ema, loader=loader)
         logger.info(f"resumed from {found} at iteration {iteration}")
+        for old, new in follow_this_run(scheduler, base_lrs):
+            logger.info(f"optim.lr {new:g} (the checkpoint's run had {old:g}): the schedule continues from it")
         if iteration >= exp.max_iter:
             logger.info(f"already at max_iter={exp.max_iter}: nothing to train (raise max_iter=, "
                         f"pass resume=false, or use another output_dir=)")
