@@ -77,13 +77,45 @@ def _param_rule(name: str, shape: torch.Size) -> str:
     raise ValueError(f"init: no rule for parameter {name!r} of shape {tuple(shape)}")
 
 
+def resolve_method(method: str, n_params: int) -> str:
+    """The init method for ``n_params`` parameters ("auto": "rng" up to RNG_INIT_MAX_PARAMS)."""
+    if method not in ("auto", "rng", "torch"):
+        raise ValueError(f"init method must be 'auto', 'rng' or 'torch', got {method!r}")
+    if method == "auto":
+        return "rng" if n_params <= RNG_INIT_MAX_PARAMS else "torch"
+    return method
+
+
+def init_values(named_shapes, *, seed: int = 0, method: str = "auto"):
+    """(name, fp32 CPU tensor) for each ``(name, shape)`` in order: the values ``materialize_``
+    gives. Why a generator: a sharded build (train/sharded_init.py) fills each rank's shards
+    one full tensor at a time from the same values. "torch" draws depend on the order, so
+    ``named_shapes`` must be the module's ``named_parameters()`` order."""
+    named_shapes = [(n, torch.Size(s)) for n, s in named_shapes]
+    method = resolve_method(method, sum(s.numel() for _, s in named_shapes))
+    gen = torch.Generator(device="cpu").manual_seed(seed) if method == "torch" else None
+    for name, shape in named_shapes:
+        rule = _param_rule(name, shape)
+        key = rng.Key(seed, "init", index=zlib.crc32(name.encode()))
+        if rule == "zeros":
+            yield name, torch.zeros(shape)
+        elif rule == "ones":
+            yield name, torch.ones(shape)
+        elif rule == "normal_0.02":
+            yield name, (rng.normal(key, tuple(shape), std=0.02) if method == "rng"
+                         else torch.empty(shape).normal_(0.0, 0.02, generator=gen))
+        else:
+            bound = 1.0 / math.sqrt(_fan_in(shape))
+            yield name, (rng.uniform(key, tuple(shape), low=-bound, high=bound) if method == "rng"
+                         else torch.empty(shape).uniform_(-bound, bound, generator=gen))
+
+
 @torch.no_grad()
 def materialize_(
     module: nn.Module, *, seed: int = 0, method: str = "auto", device=None, dtype=torch.float32
 ) -> nn.Module:
     """Allocate a meta-device ``module`` on ``device`` and fill every parameter (see module doc)."""
-    if method not in ("auto", "rng", "torch"):
-        raise ValueError(f"init method must be 'auto', 'rng' or 'torch', got {method!r}")
+    resolve_method(method, 0)  # a bad name fails before anything is allocated
     buffers = [n for n, b in module.named_buffers() if b.is_meta]
     if buffers:
         raise NotImplementedError(
@@ -91,33 +123,13 @@ def materialize_(
             "build cannot restore; build it under parameters_on_meta_device() instead"
         )
     kept = {n: b.detach().clone() for n, b in module.named_buffers()}  # real constants
-    n_params = sum(p.numel() for p in module.parameters())
-    if method == "auto":
-        method = "rng" if n_params <= RNG_INIT_MAX_PARAMS else "torch"
     device = torch.device(device) if device is not None else torch.device("cpu")
     module.to_empty(device=device)
     for name, value in kept.items():
         module.get_buffer(name).copy_(value)
-    gen = torch.Generator(device="cpu").manual_seed(seed) if method == "torch" else None
-    for name, p in module.named_parameters():
-        rule = _param_rule(name, p.shape)
-        if rule == "zeros":
-            p.zero_()
-        elif rule == "ones":
-            p.fill_(1.0)
-        elif rule == "normal_0.02":
-            if method == "rng":
-                p.copy_(rng.normal(rng.Key(seed, "init", index=zlib.crc32(name.encode())), tuple(p.shape), std=0.02))
-            else:
-                p.copy_(torch.empty(p.shape).normal_(0.0, 0.02, generator=gen))
-        else:
-            bound = 1.0 / math.sqrt(_fan_in(p.shape))
-            if method == "rng":
-                key = rng.Key(seed, "init", index=zlib.crc32(name.encode()))
-                values = rng.uniform(key, tuple(p.shape), low=-bound, high=bound)
-            else:
-                values = torch.empty(p.shape).uniform_(-bound, bound, generator=gen)
-            p.copy_(values)
+    params = dict(module.named_parameters())
+    for name, value in init_values(((n, p.shape) for n, p in params.items()), seed=seed, method=method):
+        params[name].copy_(value)
     if dtype != torch.float32:
         module.to(dtype=dtype)
     return module

@@ -300,8 +300,9 @@ def check_fit(expected: dict, state: dict, source="checkpoint", upstream: str | 
         raise CheckpointMismatchError(source, missing, unexpected, mismatched, hint=hint)
 
 
-def load_transformer_weights(model, weights, *, ema: bool = False, dtype=None, device=None) -> None:
-    """Load ``weights`` into ``model`` (meta or real) after checking that they fit exactly."""
+def read_checked(model, weights, *, ema: bool = False) -> dict:
+    """``weights`` in diffusers naming, checked to fit ``model`` (meta or real) exactly, on the
+    host (safetensors memory-mapped: a tensor is read when it is used)."""
     source = "state dict" if isinstance(weights, dict) else os.fspath(weights)
     state, upstream = _read(weights, ema)
     model_family = "predict1" if getattr(model.config, "extra_pos_embed_type", None) == "learnable" else "predict2"
@@ -310,8 +311,14 @@ def load_transformer_weights(model, weights, *, ema: bool = False, dtype=None, d
             f"  it is a cosmos-{upstream} checkpoint and the model a {model_family} DiT: choose a {upstream} preset "
             f"(e.g. --preset {'predict1-7b-video2world' if upstream == 'predict1' else 'predict2-2b'}"
             f"{', or --family predict1' if upstream == 'predict1' else ''})"))
+    check_fit({k: v.shape for k, v in model.state_dict().items()}, state, source, upstream=upstream)
+    return state
+
+
+def load_transformer_weights(model, weights, *, ema: bool = False, dtype=None, device=None) -> None:
+    """Load ``weights`` into ``model`` (meta or real) after checking that they fit exactly."""
+    state = read_checked(model, weights, ema=ema)
     model_state = model.state_dict()
-    check_fit({k: v.shape for k, v in model_state.items()}, state, source, upstream=upstream)
     device = torch.device(device) if device is not None else None
     cast = {}
     for k, ref in model_state.items():

@@ -140,10 +140,24 @@ def _fork_rng_of(model):
     return torch.random.fork_rng(devices=[device.index], device_type=device.type)
 
 
-def _row_norms(layer) -> torch.Tensor:
+def row_norms(weight: torch.Tensor) -> torch.Tensor:
     """DoRA's initial magnitude, ||W|| per output row (peft's ``get_weight_norm`` with lora_B = 0),
     in float64 on the CPU: the same fp32 values whichever device holds the layer."""
-    return torch.linalg.vector_norm(layer.get_base_layer().weight.detach().to("cpu", torch.float64), dim=1).float()
+    return torch.linalg.vector_norm(weight.detach().float().to("cpu", torch.float64), dim=1).float()
+
+
+def _row_norms(layer) -> torch.Tensor:
+    return row_norms(layer.get_base_layer().weight)
+
+
+def initial_value(name: str, shape, *, seed: int, init: str = "peft", rank: int = 1) -> torch.Tensor | None:
+    """What ``add_adapters`` leaves in adapter tensor ``name`` (fp32, on the host): the seeded
+    draw of a random factor, zeros for the others; None for a DoRA magnitude (``row_norms`` of
+    the base weight). For models built on the meta device and filled later (train/sharded_init.py)."""
+    part = _adapter_part(name)
+    if part in _RANDOM_PARTS:
+        return init_draw(name, shape, seed=seed, init=init, rank=rank)
+    return None if part == "lora_magnitude_vector" else torch.zeros(tuple(shape))
 
 
 def add_adapters(

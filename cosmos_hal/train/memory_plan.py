@@ -15,6 +15,9 @@ loading, with no hint of what to change. The estimate is per device, in bytes:
 * the peak is state + the larger of (saved activations + one block's backward transient; the
   gradients + the transient; autocast's bf16 weight copies + activations), since gradients are
   made as saved activations are freed, and autocast's copies live only through the forward.
+  Building the model adds no peak of its own under FSDP2: it is built on the meta device and
+  each rank allocates only its shards (train/sharded_init.py); without FSDP2 the build holds the
+  weights, which the state already counts.
 
 Checked against the one measured whole step: Predict2-2B full fine-tune at 93x704x1280, one
 H100, full checkpointing, EMA: 61.2 GiB measured (docs/benchmarks.md, issue 5), 62.3 estimated.

@@ -10,6 +10,7 @@ AdamW all come from cosmos_hal (backend, dist, rng, ops).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -26,7 +27,7 @@ from cosmos_hal.train import ac
 from cosmos_hal.train import checkpoint as ckpt
 from cosmos_hal.train import grad_clip
 from cosmos_hal.train import loss as losses
-from cosmos_hal.train import memory_plan
+from cosmos_hal.train import memory_plan, sharded_init
 from cosmos_hal.train.context_parallel import data_parallel, make_groups
 from cosmos_hal.train.ema import PowerEMA
 from cosmos_hal.train.experiments import Experiment, describe, resolve_context_parallel, resolve_fast_path
@@ -73,8 +74,10 @@ def ensure_synthetic_dataset(exp: Experiment, text_embed_dim: int, num_tokens: i
     return root
 
 
-def build_model(exp: Experiment, device):
-    """The DiT in fp32 (the master weights), with LoRA/DoRA/LoKr adapters when asked."""
+def build_model(exp: Experiment, device, *, meta: bool = False):
+    """The DiT in fp32 (the master weights), with LoRA/DoRA/LoKr adapters when asked. ``meta``:
+    everything stays on the meta device, for an FSDP2 run that shards it first and then fills
+    each rank's shards (train/sharded_init.py)."""
     from cosmos_hal.models.dit import build_transformer
 
     weights = exp.model_path or None
@@ -83,7 +86,8 @@ def build_model(exp: Experiment, device):
         from cosmos_hal.models.presets import get_preset
 
         preset = get_preset(exp.preset).replace(num_layers=exp.num_layers)
-    model = build_transformer(preset, weights=weights, dtype=torch.float32, device=device, init_seed=exp.seed)
+    model = build_transformer(preset, weights=None if meta else weights, dtype=torch.float32, device=device,
+                              init_seed=exp.seed, meta=meta)
     preset = model.cosmos_hal_preset
     if exp.task == "video2world" and not preset.has_condition_mask:
         raise ValueError(f"preset {exp.preset!r} is a text2image DiT (no condition-mask channel); "
@@ -416,17 +420,23 @@ def train(exp: Experiment) -> dict:
     # data first: a dataset missing the text features its DiT reads stops here, with the command
     # that makes them, before minutes of model loading
     dataset, loader = build_data(exp, get_preset(exp.preset), world, dp_rank=dp_rank, dp_size=dp_size, logger=logger)
-    model, preset = build_model(exp, world.device)
+    sharded = memory_plan.uses_fsdp(exp, world.world_size)  # then built on meta, filled after fully_shard
+    model, preset = build_model(exp, world.device, meta=sharded)
     vae = build_vae_for(exp, world.device)
     ac_modes = ac_memory = ac_budget = None
     if exp.activation_checkpointing and exp.ac_mode == "auto":
         if exp.fast_attention:  # so the probe measures the processor that will run
             apply_fast_attention(model, world.device)
-        ac_modes, ac_memory, ac_budget, line = plan_auto_ac(model, exp, preset, world.device,
-                                                            world_size=world.world_size)
+        with sharded_init.probe_weights(model, world.device, exp.seed) if sharded else contextlib.nullcontext():
+            ac_modes, ac_memory, ac_budget, line = plan_auto_ac(model, exp, preset, world.device,
+                                                                world_size=world.world_size)
         logger.info(line)
     net, owner = parallelize(model, exp, world, ac_modes=ac_modes, cp=cp)
-    if memory_plan.uses_fsdp(exp, world.world_size):
+    if sharded:
+        held = sharded_init.materialize(owner, exp, world.device, offload=exp.memory == "offload_params")
+        logger.info(f"FSDP2: built on meta, each rank materialized its 1/{world.world_size} shards "
+                    f"({held / 2**20:.1f} MiB of parameters on rank {world.rank}"
+                    + (", in host memory" if exp.memory == "offload_params" else "") + ")")
         logger.info("FSDP2: master weights float32 (sharded" + (", in host memory: memory=offload_params"
                     if exp.memory == "offload_params" else "") + "), blocks gathered and computed in "
                     f"{'bfloat16' if exp.precision == 'bf16' else 'float32'}, gradients reduced in float32")
