@@ -51,6 +51,10 @@ def check_model_source(model, vae_path=None, text_encoder_path=None) -> Path:
     if model is None:
         raise InferenceInputError("no model given: pass --model DIR (a diffusers pipeline folder) or --model FILE.pt")
     path = Path(model)
+    for flag, value in (("--vae_path", vae_path), ("--text_encoder_path", text_encoder_path)):
+        if value is not None and not Path(value).is_dir():  # before minutes of model loading
+            raise InferenceInputError(f"{flag} {value}: " + ("a file, not a folder" if Path(value).exists() else
+                                      "not found") + "; give a diffusers folder (config.json and weights)")
     if not path.exists():
         raise InferenceInputError(
             f"--model {path}: not found; give a diffusers pipeline folder (transformer/, vae/, text_encoder/, "
@@ -68,8 +72,6 @@ def check_model_source(model, vae_path=None, text_encoder_path=None) -> Path:
                     f"--model {path} is an NVIDIA checkpoint, which holds only the DiT: also pass {flag} DIR "
                     "(a diffusers folder: the Wan 2.1 VAE, resp. the T5 encoder with its tokenizer)"
                 )
-            if not Path(value).is_dir():
-                raise InferenceInputError(f"{flag} {value}: not a folder")
         return path
     if (path / ".metadata").is_file():
         raise InferenceInputError(
