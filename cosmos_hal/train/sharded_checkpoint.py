@@ -30,6 +30,8 @@ import warnings
 import torch
 import torch.distributed as tdist
 
+from cosmos_hal.train.optim import init_optimizer_state
+
 METADATA = ".metadata"
 _RANK_KEY = "rank_{:05d}"
 
@@ -100,8 +102,6 @@ def save(folder, *, model, optimizer, scheduler, ema, rank_state: dict, trainabl
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     rank = tdist.get_rank() if not _no_dist() else 0
-    from cosmos_hal.train.optim import init_optimizer_state
-
     init_optimizer_state(optimizer)
     state = {"model": _model_sd(model, trainable_only), "optimizer": get_optimizer_state_dict(model, optimizer),
              "scheduler": pack(scheduler.state_dict()), "trainable_only": bool(trainable_only),
@@ -126,8 +126,6 @@ def restore(folder, *, model, optimizer, scheduler, ema, trainable_only: bool) -
     mine = _RANK_KEY.format(rank)
     if mine not in keys:
         raise KeyError(f"{folder} holds no state for rank {rank} ({mine}): it was written by fewer processes")
-    from cosmos_hal.train.optim import init_optimizer_state
-
     init_optimizer_state(optimizer)
     state = {"model": _model_sd(model, trainable_only), "optimizer": get_optimizer_state_dict(model, optimizer),
              "scheduler": b"", mine: b""}
