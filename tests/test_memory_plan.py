@@ -148,3 +148,24 @@ def test_low_memory_optimizers_follow_fp32_adamw_on_the_tiny_model(tmp_path, cap
             print(f"\n{name}: final loss {runs[name][STEPS]:.6f} vs adamw {ref[STEPS]:.6f}: relative "
                   f"difference {final:.2e}; largest per-step relative difference {worst:.2e}")
             assert final < 1e-3 and worst < 2.5e-3, (name, final, worst)
+
+
+def test_predict1_shapes_count_the_cv8x8x8_tokenizers_8x_temporal_compression():
+    """The memory probe, the estimate and the benchmarks see the same 16 latent frames for a
+    121-frame Predict1 clip (the Wan VAE's 4x would give 31 and a plan twice too big)."""
+    from cosmos_hal.bench.flops import parse_shape
+    from cosmos_hal.models.presets import get_preset
+    from cosmos_hal.models.shape import Shape
+    from cosmos_hal.train.probe_inputs import make_inputs
+
+    exp = experiments.get("text2world_7b_example_cosmos_nemo_assets", [])
+    preset = get_preset(exp.preset)
+    assert preset.vae_temporal == 8 and get_preset("predict2-2b").vae_temporal == 4
+    shape = parse_shape(f"{exp.data.num_frames}x{exp.data.height}x{exp.data.width}", 93, 8, preset.vae_temporal)
+    assert shape.latent()[0] == (exp.data.num_frames - 1) // 8 + 1
+    assert shape.tokens(preset.patch_size) == memory_plan.tokens(exp)
+    tiny = get_preset("tiny-predict1-text2world")
+    inp = make_inputs(tiny, Shape(121, 32, 32, text_tokens=4, temporal=tiny.vae_temporal), "cpu")
+    assert inp.x_in.shape[2] == 16
+    with pytest.raises(ValueError, match="8k\\+1"):
+        parse_shape("93x704x1280", 93, 8, 8)

@@ -13,6 +13,8 @@
 #                                            # two GPUs, with a profile of two CP steps (about 7 minutes)
 #   bash tools/gpu_suite.sh blocks14b        # predict2-14b cut to 2 and 4 blocks, 93x704x1280, FSDP2 over two
 #                                            # GPUs + context_parallel=2: per-block memory and s/step (~5 min)
+#   bash tools/gpu_suite.sh predict1         # issue 17: Predict1 loss GPU fp32 = CPU, then a Predict1-7B
+#                                            # Text2World step at 121x720x1280, reference vs hal (~8 min)
 #   bash tools/gpu_suite.sh memory_measure   # issue 18: predict2-14b blocks at 93x704x1280 under an 80 GiB
 #                                            # cap, 2B full/LoRA r32 at 93x432x768 via train.sh under 24/40
 #                                            # GiB and uncapped, then tools/plan_14b.py on it (~8 minutes)
@@ -173,6 +175,15 @@ memory_measure() {  # issue 18: per-block memory/time (about 1 minute), then six
         | tar -czf "$OUT/memory_measure_logs.tgz" --null -T -) 2>/dev/null
 }
 
+predict1() {  # issue 17 point 6: the loss on the GPU in fp32, then one 7B training step beside diffusers'
+    step predict1_cuda_tests 120 $PY -m pytest -q -m cuda -p no:cacheprovider tests/test_predict1_gpu.py
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step bench_predict1_7b "${PREDICT1_TIMEOUT:-480}" \
+        $PY tools/bench_train_step.py --preset predict1-7b-text2world --shapes 121x720x1280 \
+        --modes "${PREDICT1_MODES:-lora,full}" --paths reference,hal --warmup 1 --repeats "${REPEATS:-2}" \
+        --estimate '' --time-budget-s "${PREDICT1_BUDGET_S:-450}" \
+        --out "$OUT/bench_predict1_7b.json" --md "$OUT/bench_predict1_7b.md"
+}
+
 infer_bench() {
     step bench_infer 170 $PY tools/bench_infer.py --json_out "$OUT/bench_infer.json"
     step train_2b_704 200 bash train.sh --EXP=predict2_video2world_training_2b_cosmos_nemo_assets \
@@ -181,12 +192,12 @@ infer_bench() {
     cp /tmp/bench_2b_704/metrics.jsonl "$OUT/train_2b_704_metrics.jsonl" 2>/dev/null
 }
 
-[ $# -gt 0 ] || { sed -n 2,19p "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n 2,21p "$0"; exit 2; }
 setup || { echo "setup failed"; exit 1; }
 for part in "$@"; do
     case "$part" in
         setup) ;;
-        check|parity|train_bench|train_bench_704|infer_bench|train_sh_bench|memory_test|multigpu|cp_bench|memory_measure|blocks14b) "$part" ;;
+        check|parity|predict1|train_bench|train_bench_704|infer_bench|train_sh_bench|memory_test|multigpu|cp_bench|memory_measure|blocks14b) "$part" ;;
         *) echo "unknown part: $part"; exit 2 ;;
     esac
 done

@@ -44,6 +44,7 @@ def main(argv=None) -> int:
     from cosmos_hal import current_backend
     from cosmos_hal.bench import memory_measure as mm
     from cosmos_hal.bench.flops import parse_shape
+    from cosmos_hal.models.presets import get_preset
 
     if args.tiny:
         args.blocks, args.block_cap_gb, args.experiment = "tiny@9x32x32", 0.0, "tiny_video2world_synthetic"
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
 
     for item in filter(None, (b.strip() for b in args.blocks.split(","))):
         preset, shape = item.split("@")
-        result["blocks"][item] = mm.measure_block(preset, parse_shape(shape, 93, 512), cap_gb=args.block_cap_gb,
+        temporal = get_preset(preset).vae_temporal
+        result["blocks"][item] = mm.measure_block(preset, parse_shape(shape, 93, 512, temporal), cap_gb=args.block_cap_gb,
                                                    repeats=args.repeats, warmup=min(1, args.repeats - 1))
         print(f"[measure_memory] {item}: {json.dumps(result['blocks'][item])}", flush=True)
         write()

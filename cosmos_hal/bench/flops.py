@@ -13,8 +13,9 @@ from __future__ import annotations
 from cosmos_hal.models.shape import Shape  # noqa: F401  (re-exported: bench code and tests use it here)
 
 
-def parse_shape(text: str, frames: int, text_tokens: int) -> Shape:
-    """'432x768' (frames from ``frames``) or '93x432x768'."""
+def parse_shape(text: str, frames: int, text_tokens: int, temporal: int = 4) -> Shape:
+    """'432x768' (frames from ``frames``) or '93x432x768'; ``temporal``: the VAE's temporal
+    compression (``preset.vae_temporal``), so frames must be temporal*k + 1."""
     parts = text.lower().split("x")
     try:
         nums = [int(p) for p in parts]
@@ -22,10 +23,11 @@ def parse_shape(text: str, frames: int, text_tokens: int) -> Shape:
         nums = []
     if len(nums) == 2:
         nums = [frames] + nums
-    if len(nums) != 3 or min(nums) <= 0 or nums[1] % 16 or nums[2] % 16 or (nums[0] - 1) % 4:
+    if len(nums) != 3 or min(nums) <= 0 or nums[1] % 16 or nums[2] % 16 or (nums[0] - 1) % temporal:
         raise ValueError(f"--shapes: {text!r} is not HEIGHTxWIDTH or FRAMESxHEIGHTxWIDTH with height and "
-                         f"width multiples of 16 and frames = 4k+1 (e.g. 432x768 or 93x704x1280)")
-    return Shape(nums[0], nums[1], nums[2], text_tokens)
+                         f"width multiples of 16 and frames = {temporal}k+1 (e.g. 432x768 or "
+                         f"{temporal * 23 + 1 if temporal == 4 else 121}x704x1280)")
+    return Shape(nums[0], nums[1], nums[2], text_tokens, temporal=temporal)
 
 
 def forward_flops(preset, shape: Shape) -> dict:

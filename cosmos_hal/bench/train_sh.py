@@ -209,7 +209,8 @@ def report(summaries: list[RunSummary], ref: dict, ceiling: float, device: str, 
     rows = []
     for s in summaries:
         f, h, w = (int(x) for x in s.shape.split("x"))
-        flop = train_flops(preset, Shape(f, h, w, text_tokens=preset.text_max_length))
+        flop = train_flops(preset, Shape(f, h, w, text_tokens=preset.text_max_length,
+                                                  temporal=preset.vae_temporal))
         tflops = flop / s.s_per_step / 1e12 if s.s_per_step == s.s_per_step else float("nan")
         r = ref.get((s.shape, s.mode), {})
         rows.append({**asdict(s), "tflops": tflops,

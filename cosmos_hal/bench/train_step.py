@@ -56,7 +56,8 @@ def build_parser(prog: str = "tools/bench_train_step.py") -> argparse.ArgumentPa
     p.add_argument("--preset", default="predict2-2b", help="DiT preset (default predict2-2b)")
     p.add_argument("--shapes", default=None,
                    help="comma list of HEIGHTxWIDTH (or FRAMESxHEIGHTxWIDTH); default 432x768,704x1280")
-    p.add_argument("--frames", type=int, default=93, help="video frames (4k+1) when a shape gives none (93)")
+    p.add_argument("--frames", type=int, default=None,
+                   help="video frames when a shape gives none: 93 (4k+1) for Predict2, 121 (8k+1) for Predict1")
     p.add_argument("--text-tokens", type=int, default=512, help="text embedding tokens (512)")
     p.add_argument("--modes", default="full,lora", help="comma list of full,lora (default both)")
     p.add_argument("--paths", default=None,
@@ -131,7 +132,10 @@ def run(args) -> dict:
     preset = get_preset(args.preset)
     if args.tiny:
         preset = preset.replace(num_layers=len(ac.MODES), name=f"tiny-{len(ac.MODES)}")
-    shapes = [parse_shape(s.strip(), args.frames, args.text_tokens) for s in args.shapes.split(",") if s.strip()]
+    if args.frames is None:
+        args.frames = 121 if preset.family == "predict1" else 93
+    shapes = [parse_shape(s.strip(), args.frames, args.text_tokens, preset.vae_temporal)
+              for s in args.shapes.split(",") if s.strip()]
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     paths = [q.strip() for q in args.paths.split(",") if q.strip()]
     for m in modes:
@@ -154,7 +158,7 @@ def run(args) -> dict:
     report["ceiling_tflops"] = matmul_ceiling(device, args.ceiling_size)
     _log(f"bf16 matmul ceiling ({args.ceiling_size}^3): {report['ceiling_tflops']:.1f} TFLOP/s")
     if args.check_numerics:
-        nshape = parse_shape(args.numerics_shape, args.frames, args.text_tokens)
+        nshape = parse_shape(args.numerics_shape, args.frames, args.text_tokens, preset.vae_temporal)
         report["numerics"] = check_numerics(args, preset, device, shape=nshape, compile_fast=args.numerics_compile)
         _log(f"numerics: {json.dumps(report['numerics'])}")
     save_report(args, report)

@@ -66,6 +66,11 @@ class TransformerPreset:
         return "predict1" if self.extra_pos_embed_type == "learnable" else "predict2"
 
     @property
+    def vae_temporal(self) -> int:
+        """Temporal compression of the family's VAE: 8 for Cosmos 1.0's CV8x8x8, 4 for Wan 2.1."""
+        return 8 if self.family == "predict1" else 4
+
+    @property
     def has_condition_mask(self) -> bool:
         """True when the DiT takes the conditioning-frame mask as an extra input channel."""
         return self.in_channels == self.out_channels + 1

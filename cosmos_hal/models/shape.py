@@ -17,9 +17,10 @@ class Shape:
     height: int
     width: int
     text_tokens: int = 512
+    temporal: int = 4  # the VAE's temporal compression: 4 (Wan 2.1), 8 (Predict1's CV8x8x8)
 
-    def latent(self, temporal: int = 4, spatial: int = 8) -> tuple[int, int, int]:
-        return ((self.frames - 1) // temporal + 1, self.height // spatial, self.width // spatial)
+    def latent(self, spatial: int = 8) -> tuple[int, int, int]:
+        return ((self.frames - 1) // self.temporal + 1, self.height // spatial, self.width // spatial)
 
     def tokens(self, patch=(1, 2, 2)) -> int:
         t, h, w = self.latent()

@@ -108,7 +108,7 @@ def tokens(exp) -> int:
     4x temporal (Wan 2.1 VAE), 8x for the Predict1 family's CV8x8x8 tokenizer."""
     from cosmos_hal.models.presets import get_preset
 
-    temporal = 8 if get_preset(exp.preset).family == "predict1" else 4
+    temporal = get_preset(exp.preset).vae_temporal
     frames = (exp.data.num_frames - 1) // temporal + 1 if exp.task != "text2image" else 1
     return frames * math.ceil(exp.data.height / 16) * math.ceil(exp.data.width / 16)
 

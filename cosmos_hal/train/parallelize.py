@@ -63,7 +63,8 @@ def plan_auto_ac(model: nn.Module, exp, preset, device: torch.device, *,
     from cosmos_hal.train import ac
 
     frames = exp.data.num_frames if exp.task != "text2image" else 1
-    shape = Shape(frames, exp.data.height, exp.data.width, text_tokens=preset.text_max_length)
+    shape = Shape(frames, exp.data.height, exp.data.width, text_tokens=preset.text_max_length,
+                  temporal=preset.vae_temporal)
     inp = make_inputs(preset, shape, device, seed=exp.seed)
     amp = torch.bfloat16 if exp.precision == "bf16" else None
     from cosmos_hal.train.memory_plan import estimate
