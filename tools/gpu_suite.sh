@@ -167,7 +167,7 @@ PYEOF
 
 memory_measure() {  # issue 18: per-block memory/time (about 1 minute), then six train.sh runs within 6 minutes
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True step memory_measure "${MEMORY_MEASURE_TIMEOUT:-500}" \
-        $PY tools/measure_memory.py --time-budget-s "${RUNS_BUDGET_S:-380}" --run-timeout-s "${RUN_TIMEOUT_S:-90}" \
+        $PY tools/measure_memory.py --time-budget-s "${RUNS_BUDGET_S:-380}" --run-timeout-s "${RUN_TIMEOUT_S:-170}" \
         ${MEMORY_MEASURE_ARGS:-} --work /tmp/measure_memory_runs --out "$OUT/memory_measure.json" \
         --md "$OUT/memory_measure.md"
     step plan_14b 60 $PY tools/plan_14b.py --measured "$OUT/memory_measure.json" --json "$OUT/plan_14b.json"
