@@ -230,7 +230,10 @@ def test_encode_latents_on_gpu_match_float64_reference(tmp_path, tiny_vae):
     _tool("encode_latents")(["--dataset_path", str(root), "--vae_path", str(tiny_vae), "--cache_dir",
                              str(tmp_path / "c"), "--num_frames", "9", "--height", "32", "--width", "32",
                              "--device", "cuda"])
-    item = build_dataset(root, num_frames=9, resolution=(32, 32), latent_cache=tmp_path / "c")[0]
+    ds = build_dataset(root, num_frames=9, resolution=(32, 32), latent_cache=tmp_path / "c")
+    ds.decode_cached = True  # the cached latents and the frames they came from (the reference encodes those)
+    item = ds[0]
+    assert "latents" in item, "the GPU-encoded clip was not served from the cache"
     vae = AutoencoderKLWan.from_pretrained(str(tiny_vae)).to(torch.float64).eval()
     with torch.no_grad():
         ref = vae.encode(item["video"][None].double()).latent_dist.mode()[0]
