@@ -78,6 +78,12 @@ def test_instanceprompt_strategy_gives_every_image_the_one_prompt(tmp_path, pipe
     assert {dataset.caption(i) for i in range(len(dataset))} == {"a photo of sks robot"}
 
 
+def test_an_instance_prompt_the_strategy_would_ignore_is_refused_with_the_override_to_type(tmp_path):
+    with pytest.raises(experiments.ExperimentError, match="data.caption_strategy=instanceprompt") as err:
+        image_exp(tmp_path / "d", None, tmp_path / "o", "data.instance_prompt=a photo of sks robot")
+    assert "data.caption_strategy=textfile does not use it" in str(err.value)
+
+
 def test_multiline_caption_is_chosen_per_epoch_from_the_seed(tmp_path, pipeline):
     paths = write_folder(tmp_path / "d")
     paths[0].with_suffix(".txt").write_text("a green ball\nthe robot arm\nred cube\n")
@@ -194,8 +200,9 @@ def test_empty_folder_says_what_the_layout_wants(tmp_path, pipeline):
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "notes.txt").write_text("no images here")
     exp = image_exp(tmp_path / "d", pipeline, tmp_path / "o")
-    with pytest.raises(experiments.ExperimentError, match=r"no \*\.jpg/\*\.jpeg/\*\.png/\*\.webp files"):
+    with pytest.raises(experiments.ExperimentError, match=r"no \*\.jpg/\*\.jpeg/\*\.png/\*\.webp files") as err:
         check_paths(exp)
+    assert str(err.value).count(str(tmp_path / "d")) == 1, err.value  # named once, as dataset_path=...
 
 
 def test_image_without_caption_under_textfile_names_the_file_and_the_alternatives(tmp_path, pipeline):

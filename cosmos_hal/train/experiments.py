@@ -343,6 +343,10 @@ def _validate_image_training(exp: Experiment) -> None:
     if d.caption_strategy == "instanceprompt" and not d.instance_prompt.strip():
         raise ExperimentError('data.caption_strategy=instanceprompt needs data.instance_prompt="<the prompt for '
                               'every image>"')
+    if d.instance_prompt.strip() and d.caption_strategy != "instanceprompt":  # silently unused otherwise
+        raise ExperimentError(f"data.instance_prompt is set but data.caption_strategy={d.caption_strategy} does not "
+                              "use it: add data.caption_strategy=instanceprompt to caption every image with it "
+                              "(SimpleTuner's --caption_strategy=instanceprompt), or drop data.instance_prompt")
     if d.layout == "image_folder" and exp.task != "text2image":
         raise ExperimentError(f"data.layout=image_folder trains Text2Image; task={exp.task} needs videos (nemo, gr1)")
     if exp.validation_every < 0:

@@ -127,7 +127,7 @@ def _check_dataset(exp: Experiment, preset) -> None:
         try:
             return image_data.check(exp, preset)
         except (DatasetError, OSError) as exc:
-            raise ExperimentError(f"{_where('dataset_path', exp.dataset_path)}: {exc}") from None
+            raise ExperimentError(f"{_where('dataset_path', exp.dataset_path)}: {_about_root(exc, root)}") from None
     try:
         build_dataset(root, num_frames=exp.data.num_frames, resolution=(exp.data.height, exp.data.width),
                       layout=exp.data.layout, seed=exp.seed, skip_bad_samples=exp.data.skip_bad_samples,
@@ -136,4 +136,14 @@ def _check_dataset(exp: Experiment, preset) -> None:
     except (DatasetError, OSError) as exc:
         layout = "" if exp.data.layout == "auto" else (
             f" (the experiment reads data.layout={exp.data.layout}; data.layout=auto goes by what the folder holds)")
-        raise ExperimentError(f"{_where('dataset_path', exp.dataset_path)}: {exc}{layout}") from None
+        raise ExperimentError(f"{_where('dataset_path', exp.dataset_path)}: {_about_root(exc, root)}{layout}") from None
+
+
+def _about_root(exc: Exception, root: Path) -> str:
+    """The loader's message without its leading "<root>: ", which the caller's
+    "dataset_path=<root>:" already says (a file inside the folder stays named)."""
+    msg = str(exc)
+    for prefix in {f"{root}: ", f"{root.absolute()}: ", f"{root.resolve()}: "}:
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
