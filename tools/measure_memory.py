@@ -67,8 +67,8 @@ def main(argv=None) -> int:
 
     for item in filter(None, (b.strip() for b in args.blocks.split(","))):
         preset, shape = item.split("@")
-        temporal = get_preset(preset).vae_temporal
-        result["blocks"][item] = mm.measure_block(preset, parse_shape(shape, 93, 512, temporal), cap_gb=args.block_cap_gb,
+        shape = parse_shape(shape, 93, 512, get_preset(preset).vae_temporal)
+        result["blocks"][item] = mm.measure_block(preset, shape, cap_gb=args.block_cap_gb,
                                                    repeats=args.repeats, warmup=min(1, args.repeats - 1))
         print(f"[measure_memory] {item}: {json.dumps(result['blocks'][item])}", flush=True)
         write()

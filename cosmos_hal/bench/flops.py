@@ -26,7 +26,7 @@ def parse_shape(text: str, frames: int, text_tokens: int, temporal: int = 4) -> 
     if len(nums) != 3 or min(nums) <= 0 or nums[1] % 16 or nums[2] % 16 or (nums[0] - 1) % temporal:
         raise ValueError(f"--shapes: {text!r} is not HEIGHTxWIDTH or FRAMESxHEIGHTxWIDTH with height and "
                          f"width multiples of 16 and frames = {temporal}k+1 (e.g. 432x768 or "
-                         f"{temporal * 23 + 1 if temporal == 4 else 121}x704x1280)")
+                         f"{93 if temporal == 4 else 121}x704x1280)")
     return Shape(nums[0], nums[1], nums[2], text_tokens, temporal=temporal)
 
 
