@@ -215,6 +215,7 @@ out = {"sharded": max(err(q.full_tensor(), p) for p, q in zip(one.parameters(), 
        "resumed": max(err(q.full_tensor(), p) for p, q in zip(one.parameters(), again.parameters())),
        "state_full_shape": list(full_sd["state"]["0.weight"]["exp_avg"].shape)}
 json.dump(out, open(f"{sys.argv[1]}/rank{rank}.json", "w"))
+dist.barrier()  # as cosmos_hal.dist.shutdown: no rank tears gloo down while its peer still talks
 dist.destroy_process_group()
 """
 
